@@ -1,0 +1,129 @@
+"""Norms, projections and steepest-ascent directions shared by every attack.
+
+All functions work on whole batches: the first dimension indexes samples and the
+norm is taken over the remaining dimensions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+#: Accepted spellings of each norm, mapped to the canonical value used everywhere.
+_NORM_ALIASES = {
+    "inf": math.inf, "linf": math.inf, "l_inf": math.inf, "infinity": math.inf,
+    "2": 2.0, "l2": 2.0,
+    "1": 1.0, "l1": 1.0,
+}
+
+
+def parse_norm(norm: object) -> float:
+    """Turn ``"inf"``, ``"Linf"``, ``2``, ``"l2"``, ``1`` ... into ``math.inf``, ``2.0`` or ``1.0``."""
+    if isinstance(norm, bool):
+        raise ValueError(f"unknown norm {norm!r}; use inf, 2 or 1")
+    if isinstance(norm, (int, float)):
+        if float(norm) in (math.inf, 2.0, 1.0):
+            return float(norm)
+    elif isinstance(norm, str) and norm.strip().lower() in _NORM_ALIASES:
+        return _NORM_ALIASES[norm.strip().lower()]
+    raise ValueError(f"unknown norm {norm!r}; use inf, 2 or 1")
+
+
+def norm_name(p: float) -> str:
+    """``math.inf`` -> ``"linf"``, ``2.0`` -> ``"l2"``, ``1.0`` -> ``"l1"``."""
+    return "linf" if p == math.inf else f"l{int(p)}"
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1)
+
+
+def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a per-sample vector so that it broadcasts against ``like``."""
+    return v.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+def lp_norm(delta: torch.Tensor, p: float) -> torch.Tensor:
+    """Per-sample Lp norm of ``delta``."""
+    return torch.linalg.vector_norm(_flat(delta), ord=p, dim=1)
+
+
+def project(delta: torch.Tensor, eps: float | torch.Tensor, p: float) -> torch.Tensor:
+    """Euclidean projection of each sample of ``delta`` onto the Lp ball of radius ``eps``.
+
+    Linf: clip each coordinate.  L2: rescale samples whose norm exceeds ``eps``.
+    L1: the exact projection (Duchi et al. 2008, soft thresholding at the level that
+    puts the result on the sphere), not a rescaling.
+    """
+    if p == math.inf:
+        if isinstance(eps, torch.Tensor):
+            eps = _per_sample(eps, delta)
+            return torch.maximum(torch.minimum(delta, eps), -eps)
+        return delta.clamp(-eps, eps)
+    if p == 2.0:
+        norms = lp_norm(delta, 2.0)
+        factor = torch.clamp(eps / norms.clamp_min(1e-12), max=1.0)
+        return delta * _per_sample(factor, delta)
+    if p == 1.0:
+        return _project_l1(delta, eps)
+    raise ValueError(f"unknown norm {p!r}")
+
+
+def _project_l1(delta: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+    flat = _flat(delta)
+    n, d = flat.shape
+    eps_t = torch.as_tensor(eps, dtype=flat.dtype, device=flat.device).expand(n)
+    mags = flat.abs()
+    outside = mags.sum(dim=1) > eps_t
+    # Threshold theta with sum(max(|v| - theta, 0)) = eps, from the sorted magnitudes.
+    sorted_mags, _ = mags.sort(dim=1, descending=True)
+    cumsum = sorted_mags.cumsum(dim=1)
+    ranks = torch.arange(1, d + 1, device=flat.device, dtype=flat.dtype)
+    candidates = (cumsum - eps_t[:, None]) / ranks
+    active = sorted_mags > candidates
+    k = active.to(torch.int64).cumsum(dim=1).argmax(dim=1, keepdim=True)  # last active index
+    theta = candidates.gather(1, k).squeeze(1).clamp_min(0.0)
+    theta = torch.where(outside, theta, torch.zeros_like(theta))
+    projected = flat.sign() * (mags - theta[:, None]).clamp_min(0.0)
+    return projected.reshape(delta.shape)
+
+
+def steepest_direction(grad: torch.Tensor, p: float) -> torch.Tensor:
+    """The unit-Lp-norm direction of steepest ascent for a first-order model with gradient ``grad``.
+
+    Linf: ``sign(grad)``.  L2: ``grad / ||grad||_2``.  L1: the sign of the largest
+    gradient coordinate, on that coordinate only (ties share the step).
+    """
+    if p == math.inf:
+        return grad.sign()
+    if p == 2.0:
+        norms = lp_norm(grad, 2.0).clamp_min(1e-12)
+        return grad / _per_sample(norms, grad)
+    if p == 1.0:
+        flat = _flat(grad)
+        top = flat.abs().amax(dim=1, keepdim=True)
+        mask = (flat.abs() == top) & (top > 0)
+        direction = flat.sign() * mask / mask.sum(dim=1, keepdim=True).clamp_min(1)
+        return direction.reshape(grad.shape)
+    raise ValueError(f"unknown norm {p!r}")
+
+
+def random_in_ball(like: torch.Tensor, eps: float, p: float) -> torch.Tensor:
+    """Samples drawn uniformly from the Lp ball of radius ``eps`` (shape and dtype of ``like``)."""
+    n = like.shape[0]
+    d = like[0].numel()
+    if p == math.inf:
+        return torch.empty_like(like).uniform_(-eps, eps)
+    if p == 2.0:
+        direction = torch.randn_like(like)
+        direction = direction / _per_sample(lp_norm(direction, 2.0).clamp_min(1e-12), like)
+        radius = eps * torch.rand(n, device=like.device, dtype=like.dtype) ** (1.0 / d)
+        return direction * _per_sample(radius, like)
+    if p == 1.0:
+        # Uniform on the L1 ball: Laplace directions scaled by a Beta-distributed radius.
+        direction = torch.distributions.Laplace(0.0, 1.0).sample(like.shape).to(like)
+        direction = direction / _per_sample(lp_norm(direction, 1.0).clamp_min(1e-12), like)
+        radius = eps * torch.rand(n, device=like.device, dtype=like.dtype) ** (1.0 / d)
+        return direction * _per_sample(radius, like)
+    raise ValueError(f"unknown norm {p!r}")

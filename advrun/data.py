@@ -1,0 +1,200 @@
+"""Data sets as in-memory tensors with their bounds, input shape and class names.
+
+Every loader returns inputs scaled to [0, 1]; normalisation, if any, is a layer inside
+the model, so attacks always see (and perturb) the data in its natural bounds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from advrun.errors import DataError
+
+
+@dataclass
+class Dataset:
+    """Train and test tensors (``x``: float32 in ``bounds``, ``y``: int64 labels 0..K-1)."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    class_names: list[str]
+    bounds: tuple[float, float] = (0.0, 1.0)
+    budgets: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one input, e.g. ``(1, 28, 28)`` or ``(2,)``."""
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        for name in ("x_train", "y_train", "x_test", "y_test"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+
+def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < test_fraction < 1:
+        raise DataError("dataset.test_fraction", f"must lie strictly between 0 and 1, got {test_fraction!r}")
+    return train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
+
+
+def load_digits(test_fraction: float = 0.25, split_seed: int = 0):
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images), pixels scaled to [0, 1]."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    x = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
+    y = bunch.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = _split(x, y, test_fraction, split_seed)
+    return x_tr, y_tr, x_te, y_te, [str(c) for c in range(10)]
+
+
+def load_moons(n_samples: int = 1000, noise: float = 0.1, test_fraction: float = 0.25, split_seed: int = 0):
+    """Two interleaving half-moons in 2-D, rescaled into [0.05, 0.95]^2 (decision-boundary pictures)."""
+    from sklearn.datasets import make_moons
+
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 10:
+        raise DataError("dataset.n_samples", f"must be an integer >= 10, got {n_samples!r}")
+    x, y = make_moons(n_samples=n_samples, noise=noise, random_state=split_seed)
+    x = (x - x.min(axis=0)) / (x.max(axis=0) - x.min(axis=0)) * 0.9 + 0.05
+    x_tr, x_te, y_tr, y_te = _split(x.astype(np.float32), y.astype(np.int64), test_fraction, split_seed)
+    return x_tr, y_tr, x_te, y_te, ["0", "1"]
+
+
+def _torchvision(cls_name: str, folder: str, expected: str, root: str, download: bool):
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, cls_name)
+    root_path = Path(root).expanduser()
+    try:
+        train = cls(str(root_path), train=True, download=download)
+        test = cls(str(root_path), train=False, download=download)
+    except RuntimeError as e:
+        if download:
+            raise DataError("dataset.download", f"could not download {cls_name} into {root_path}: {e}") from None
+        raise DataError(
+            "dataset.root",
+            f"{cls_name} files not found: expected {expected} under {root_path / folder}; "
+            "set dataset.root to the folder that holds them, or dataset.download=true",
+        ) from None
+    return train, test
+
+
+def _as_numpy(data: Any) -> np.ndarray:
+    return data.numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
+
+
+def _mnist_like(cls_name: str, root: str, download: bool):
+    train, test = _torchvision(
+        cls_name, f"{cls_name}/raw", "train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+        "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte", root, download
+    )
+
+    def arrays(ds):
+        x = _as_numpy(ds.data).astype(np.float32)[:, None, :, :] / 255.0
+        return x, _as_numpy(ds.targets).astype(np.int64)
+
+    return (*arrays(train), *arrays(test), [str(c) for c in train.classes])
+
+
+def load_mnist(root: str = "data", download: bool = False):
+    """MNIST in torchvision's layout (``root/MNIST/raw``), 28x28 grey images in [0, 1]."""
+    return _mnist_like("MNIST", root, download)
+
+
+def load_fashion_mnist(root: str = "data", download: bool = False):
+    """Fashion-MNIST in torchvision's layout (``root/FashionMNIST/raw``)."""
+    return _mnist_like("FashionMNIST", root, download)
+
+
+def load_cifar10(root: str = "data", download: bool = False):
+    """CIFAR-10 in torchvision's layout (``root/cifar-10-batches-py``), 3x32x32 in [0, 1]."""
+    train, test = _torchvision("CIFAR10", "cifar-10-batches-py", "data_batch_1..5 and test_batch", root, download)
+
+    def arrays(ds):
+        x = np.asarray(ds.data, dtype=np.float32).transpose(0, 3, 1, 2) / 255.0
+        return x, np.asarray(ds.targets, dtype=np.int64)
+
+    return (*arrays(train), *arrays(test), list(train.classes))
+
+
+LOADERS: dict[str, Callable[..., tuple]] = {
+    "digits": load_digits,
+    "moons": load_moons,
+    "mnist": load_mnist,
+    "fashion_mnist": load_fashion_mnist,
+    "cifar10": load_cifar10,
+}
+
+#: Keys every dataset config has, handled here rather than by the loader.
+COMMON_KEYS = ("name", "classes", "n_train", "n_test", "budgets", "split_seed")
+
+
+def _keep_classes(x, y, classes, all_names):
+    if classes is None:
+        return x, y, all_names
+    classes = list(classes)
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise DataError("dataset.classes", f"needs at least two distinct classes, got {classes}")
+    for c in classes:
+        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < len(all_names):
+            raise DataError("dataset.classes", f"{c!r} is not a class label (0..{len(all_names) - 1})")
+    keep = np.isin(y, classes)
+    relabel = np.zeros(len(all_names), dtype=np.int64)
+    relabel[classes] = np.arange(len(classes))
+    return x[keep], relabel[y[keep]], [all_names[c] for c in classes]
+
+
+def _limit(x, y, n, key, seed):
+    if n is None:
+        return x, y
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise DataError(key, f"must be a positive integer or null, got {n!r}")
+    if n >= len(x):
+        return x, y
+    index = np.random.default_rng(seed).permutation(len(x))[:n]
+    return x[index], y[index]
+
+
+def load_dataset(cfg: Any) -> Dataset:
+    """Load the data set a ``dataset`` config group describes."""
+    cfg = dict(cfg)
+    name = cfg.get("name")
+    if name not in LOADERS:
+        raise DataError("dataset.name", f"unknown data set {name!r}; choose one of {sorted(LOADERS)}")
+    options = {k: v for k, v in cfg.items() if k not in COMMON_KEYS}
+    seed = cfg.get("split_seed", 0)
+    if name in ("digits", "moons"):
+        options["split_seed"] = seed
+    try:
+        x_tr, y_tr, x_te, y_te, names = LOADERS[name](**options)
+    except TypeError as e:
+        raise DataError("dataset", str(e)) from None
+    classes = cfg.get("classes")
+    x_tr, y_tr, names_kept = _keep_classes(x_tr, y_tr, classes, names)
+    x_te, y_te, _ = _keep_classes(x_te, y_te, classes, names)
+    x_tr, y_tr = _limit(x_tr, y_tr, cfg.get("n_train"), "dataset.n_train", seed)
+    x_te, y_te = _limit(x_te, y_te, cfg.get("n_test"), "dataset.n_test", seed + 1)
+    return Dataset(
+        name=name,
+        x_train=torch.from_numpy(np.ascontiguousarray(x_tr)),
+        y_train=torch.from_numpy(np.ascontiguousarray(y_tr)),
+        x_test=torch.from_numpy(np.ascontiguousarray(x_te)),
+        y_test=torch.from_numpy(np.ascontiguousarray(y_te)),
+        class_names=names_kept,
+        budgets=dict(cfg.get("budgets") or {}),
+    )
