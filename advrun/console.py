@@ -1,11 +1,14 @@
-"""The console: one rich Console shared by logging and progress bars."""
+"""The console: one rich Console shared by logging and progress bars, one for results."""
 
 from __future__ import annotations
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+#: Logs and progress bars (standard error).
 console = Console(stderr=True)
+#: Results: the summary table (standard output).
+results = Console()
 
 
 def progress_bar(transient: bool = False) -> Progress:

@@ -22,7 +22,7 @@ from advrun import io
 from advrun.attacks.base import Attack
 from advrun.attacks.norms import norm_name, parse_norm
 from advrun.config import build, epsilons_from, resolve_device, to_container, validate_run
-from advrun.console import console
+from advrun.console import results
 from advrun.data import Dataset, load_dataset
 from advrun.errors import AdvrunError, ConfigError
 from advrun.evaluation import robustness_curve
@@ -108,6 +108,9 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         raise AdvrunError("hydra.run.dir", f"{out} already holds a finished run; choose another output folder")
     validate_run(cfg)
     device = resolve_device(cfg.device)
+    saved_config = out / ".hydra" / "config.yaml"
+    if not saved_config.exists():  # called from Python rather than by the advrun command
+        io.write_text(saved_config, OmegaConf.to_yaml(cfg))
     generator = seed_everything(cfg.seed)
 
     data = load_dataset(to_container(cfg.dataset)).to(device)
@@ -161,10 +164,10 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     }
     io.write_json(out / "metrics.json", metrics)
     if curve is not None:
-        console.print(summary_table(curve, clean, len(x_eval), f"{title}: {attack.label}"))
+        results.print(summary_table(curve, clean, len(x_eval), f"{title}: {attack.label}"))
     else:
-        console.print(f"{title}: clean accuracy {100 * clean:.2f}% on {len(x_eval)} test samples (no attack)")
-    console.print(f"results in {out}")
+        results.print(f"{title}: clean accuracy {100 * clean:.2f}% on {len(x_eval)} test samples (no attack)")
+    results.print(f"results in {out}")
     return metrics
 
 

@@ -1,0 +1,104 @@
+"""The ``advrun`` command end to end, through subprocesses as a user runs it."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import advrun
+from advrun.data import load_dataset
+from tests.conftest import TINY, run_cli
+
+FAST = [*TINY, "attack.steps=2", "eval.epsilons=[0,0.1]"]
+
+
+def test_single_run_writes_every_output_and_reloads(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli(*FAST, f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "robust acc" in proc.stdout and "clean accuracy" in proc.stdout
+    for name in ("metrics.json", "curve.csv", "training.csv", "robustness_curve.png", "training_curve.png",
+                 "model.pt", "model.json", ".hydra/config.yaml"):
+        assert (out / name).is_file(), name
+    assert not (out / "error.txt").exists()
+
+    run = advrun.load_run(out)
+    assert not run.model.training and run.config.dataset.name == "digits"
+    data = load_dataset({**run.config.dataset, "budgets": None})
+    n = run.metrics["n_eval"]
+    with torch.no_grad():
+        correct = (run.model(data.x_test[:n]).argmax(1) == data.y_test[:n]).sum().item()
+    assert correct / n == pytest.approx(run.metrics["clean_accuracy"])
+
+
+def test_console_script_and_help(tmp_path):
+    script = Path(sys.executable).parent / "advrun"
+    assert script.is_file() or shutil.which("advrun")
+    proc = run_cli("--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    for line in ("attack: fgsm, none, pgd", "model: cnn, logreg, mlp", "optimizer: adam, sgd",
+                 "defense: adversarial, none", "Examples:"):
+        assert line in proc.stdout
+    assert "dataset: " in proc.stdout and "mnist" in proc.stdout
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path):
+    proc = run_cli("--cfg", "job", "model=cnn", "attack.steps=7", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert "_target_: advrun.models.CNN" in proc.stdout and "steps: 7" in proc.stdout
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["attack.eps=-0.5"], "attack.eps"),
+    (["train.epochs=0"], "train.epochs"),
+    (["train.batch_size=0"], "train.batch_size"),
+    (["attack.norm=7"], "attack.norm"),
+    (["dataset=mnist", "dataset.root=NOWHERE", "dataset.download=false"], "dataset.root"),
+])
+def test_invalid_input_is_one_line_exit_2_no_results(tmp_path, overrides, key):
+    out = tmp_path / "run"
+    proc = run_cli(*FAST, *overrides, f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"advrun: error: {key}:")
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (out / "metrics.json").exists() and not (out / "curve.csv").exists()
+    assert (out / "error.txt").read_text().startswith(key)
+
+
+def test_debug_switch_shows_the_traceback(tmp_path):
+    proc = run_cli(*FAST, "attack.eps=-0.5", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+                   env={"ADVRUN_DEBUG": "1", "HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_unknown_option_lists_the_valid_ones(tmp_path):
+    proc = run_cli("model=transformer", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "Available options in 'model'" in proc.stderr and "mlp" in proc.stderr
+
+
+def _jobs(sweep: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+
+
+def test_multirun_over_budgets(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", *FAST, "attack.eps=0.05,0.2", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    jobs = _jobs(sweep)
+    assert sorted(job["eps"] for job in jobs) == [0.05, 0.2]
+
+
+def test_multirun_over_two_options_of_a_group(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", *FAST, "model=logreg,mlp", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    targets = sorted((sweep / str(i) / ".hydra" / "config.yaml").read_text().split("_target_: advrun.models.")[1].split()[0]
+                     for i in range(2))
+    assert targets == ["LogReg", "MLP"] and len(_jobs(sweep)) == 2

@@ -1,0 +1,128 @@
+"""The pass from config to files, run in-process on composed configs."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from advrun import experiment
+from advrun.attacks import PGD
+from advrun.defenses import Adversarial
+from advrun.errors import AdvrunError, ConfigError
+from advrun.models import MLP
+from tests.conftest import TINY
+
+
+def test_default_experiment_is_accurate_and_robust_accuracy_falls(make_cfg, tmp_path):
+    """The default run (digits, MLP, PGD Linf): >= 95% clean accuracy, a falling curve."""
+    metrics = experiment.run(make_cfg("device=cpu"), tmp_path)
+    assert metrics["clean_accuracy"] >= 0.95
+    curve = pd.read_csv(tmp_path / "curve.csv")
+    robust = curve.sort_values("eps")["robust_accuracy"].tolist()
+    assert robust[0] == pytest.approx(metrics["clean_accuracy"])
+    assert all(a >= b for a, b in zip(robust, robust[1:])) and robust[-1] < 0.5 * robust[0]
+
+
+def test_three_denominators(make_cfg, tmp_path):
+    experiment.run(make_cfg(*TINY, "attack.steps=5"), tmp_path)
+    curve = pd.read_csv(tmp_path / "curve.csv")
+    n = curve["n_samples"]
+    assert (curve["clean_accuracy"] == curve["n_correct"] / n).all()
+    assert (curve["robust_accuracy"] == (curve["n_correct"] - curve["n_success"]) / n).all()
+    assert (curve["success_rate"] == curve["n_success"] / curve["n_correct"]).all()
+    pd.testing.assert_series_equal(
+        curve["robust_accuracy"], curve["clean_accuracy"] * (1 - curve["success_rate"]), check_names=False
+    )
+    fooled = curve[curve["n_success"] > 0]
+    assert (fooled["median_norm"] <= fooled["eps"] * (1 + 1e-5)).all()
+
+
+def test_metrics_record_the_run(make_cfg, tmp_path):
+    metrics = experiment.run(make_cfg(*TINY, "attack.steps=2", "seed=0"), tmp_path)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["seed"] == 0 and saved["versions"]["torch"].startswith("2.14.1")
+    assert set(saved["timings"]) == {"setup_s", "train_s", "eval_s", "total_s"}
+    assert saved["attack"] == "pgd" and saved["norm"] == "linf" and saved["eps"] == 0.1
+    assert "git_commit" in saved and len(saved["curve"]) == len(pd.read_csv(tmp_path / "curve.csv"))
+    headline = [row for row in saved["curve"] if row["eps"] == saved["eps"]][0]
+    assert saved["robust_accuracy"] == pytest.approx(headline["robust_accuracy"])
+    history = pd.read_csv(tmp_path / "training.csv")
+    assert list(history["epoch"]) == [1, 2] and {"loss", "train_accuracy", "test_accuracy"} <= set(history)
+    assert metrics["test_accuracy"] == history["test_accuracy"].iloc[-1]
+
+
+def test_budgets_follow_the_norm_and_the_headline_eps_joins_the_curve(make_cfg, tmp_path):
+    experiment.run(make_cfg(*TINY, "attack.steps=2", "attack.norm=2", "attack.eps=0.7"), tmp_path / "a")
+    curve = pd.read_csv(tmp_path / "a" / "curve.csv")
+    assert sorted(curve["eps"]) == [0.0, 0.25, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0]  # digits' L2 grid + 0.7
+    assert set(curve["norm"]) == {"l2"}
+    experiment.run(make_cfg(*TINY, "attack.steps=2", "eval.epsilons=[0.2,0,0.2]"), tmp_path / "b")
+    assert sorted(pd.read_csv(tmp_path / "b" / "curve.csv")["eps"]) == [0.0, 0.1, 0.2]
+
+
+def test_same_seed_same_results(make_cfg, tmp_path):
+    cfg = make_cfg(*TINY, "attack.steps=3", "seed=7")
+    experiment.run(cfg, tmp_path / "a")
+    experiment.run(cfg, tmp_path / "b")
+    a, b = (pd.read_csv(tmp_path / d / "curve.csv").drop(columns="time_s") for d in "ab")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_a_finished_run_is_never_overwritten(make_cfg, tmp_path):
+    cfg = make_cfg(*TINY, "attack=none")
+    experiment.run(cfg, tmp_path)
+    before = (tmp_path / "metrics.json").read_text()
+    with pytest.raises(AdvrunError, match="already holds a finished run"):
+        experiment.run(cfg, tmp_path)
+    assert (tmp_path / "metrics.json").read_text() == before
+
+
+@pytest.mark.parametrize("override, key", [
+    ("attack.eps=-0.1", "attack.eps"),
+    ("attack.norm=3", "attack.norm"),
+    ("attack.steps=0", "attack.steps"),
+    ("train.epochs=0", "train.epochs"),
+    ("train.batch_size=0", "train.batch_size"),
+    ("eval.batch_size=-5", "eval.batch_size"),
+    ("eval.epsilons=[]", "eval.epsilons"),
+    ("eval.epsilons=[0.1,-1]", "eval.epsilons"),
+    ("optimizer.lr=-1", "optimizer"),
+    ("model.activation=swish", "model.activation"),
+    ("defense=adversarial defense.alpha=2", "defense.alpha"),
+    ("defense=adversarial defense.attack.steps=0", "defense.attack.steps"),
+    ("device=tpu", "device"),
+    ("seed=-1", "seed"),
+])
+def test_invalid_values_name_the_key_before_any_work(make_cfg, tmp_path, override, key):
+    with pytest.raises(ConfigError) as info:
+        experiment.run(make_cfg(*TINY, *override.split()), tmp_path)
+    assert info.value.key == key
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "model.pt").exists()
+
+
+def test_adversarial_training_raises_robust_accuracy(make_cfg, tmp_path):
+    common = ["device=cpu", "train.epochs=8", "attack.steps=10", "eval.epsilons=[0.1]"]
+    standard = experiment.run(make_cfg(*common), tmp_path / "standard")
+    robust = experiment.run(make_cfg(*common, "defense=adversarial", "defense.attack.steps=5"), tmp_path / "adv")
+    assert robust["robust_accuracy"] > standard["robust_accuracy"] + 0.15
+
+
+def test_training_attack_leaves_no_parameter_gradient():
+    model = MLP(in_shape=(1, 8, 8), num_classes=10).train()
+    defense = Adversarial(attack=PGD(eps=0.1, steps=3), alpha=0.5)
+    loss = defense.loss(model, torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,)))
+    assert all(p.grad is None for p in model.parameters()) and model.training
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_mixed_objective_matches_its_formula():
+    torch.manual_seed(0)
+    model = MLP(in_shape=(1, 8, 8), num_classes=10).train()
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    attack = PGD(eps=0.1, steps=3, random_start=False)
+    mixed = Adversarial(attack=attack, alpha=0.3).loss(model, x, y)
+    pure = Adversarial(attack=attack, alpha=0.0).loss(model, x, y)
+    clean = torch.nn.functional.cross_entropy(model(x), y)
+    torch.testing.assert_close(mixed, 0.3 * clean + 0.7 * pure)

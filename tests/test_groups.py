@@ -1,0 +1,68 @@
+"""Every option of every config group composes and runs end to end on tiny data."""
+
+import json
+
+import numpy as np
+import pytest
+
+from advrun import experiment
+from tests.conftest import TINY, groups
+from tests.fake_data import write_mnist_like
+
+OPTIONS = [(group, option) for group, options in groups().items() for option in options]
+
+
+def test_the_groups_hold_the_documented_options():
+    found = groups()
+    assert {"digits", "moons", "mnist", "fashion_mnist", "cifar10"} <= set(found["dataset"])
+    assert {"logreg", "mlp", "cnn"} <= set(found["model"])
+    assert {"sgd", "adam"} <= set(found["optimizer"])
+    assert {"none", "fgsm", "pgd"} <= set(found["attack"])
+    assert {"none", "adversarial"} <= set(found["defense"])
+
+
+@pytest.fixture
+def fake_cifar10(monkeypatch):
+    import torchvision.datasets as tvd
+
+    class FakeCIFAR10:
+        classes = [f"c{i}" for i in range(10)]
+
+        def __init__(self, root, train, download):
+            n = 100 if train else 40
+            rng = np.random.default_rng(0)
+            self.targets = [i % 10 for i in range(n)]
+            self.data = rng.integers(0, 255, size=(n, 32, 32, 3), dtype=np.uint8)
+
+    monkeypatch.setattr(tvd, "CIFAR10", FakeCIFAR10)
+
+
+def _data_overrides(option, tmp_path, request):
+    if option in ("mnist", "fashion_mnist"):
+        write_mnist_like(tmp_path / "data", "MNIST" if option == "mnist" else "FashionMNIST")
+        return [f"dataset.root={tmp_path / 'data'}"]
+    if option == "cifar10":
+        request.getfixturevalue("fake_cifar10")
+    return []
+
+
+@pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_option_composes_and_runs(group, option, make_cfg, tmp_path, request):
+    overrides = [f"{group}={option}", *TINY, "eval.epsilons=[0,0.05]"]
+    if group == "dataset":
+        overrides += _data_overrides(option, tmp_path, request)
+    if group in ("attack", "defense") or option == "pgd":
+        overrides += ["attack.steps=3"] if option == "pgd" else []
+        overrides += ["defense.attack.steps=2"] if option == "adversarial" else []
+    cfg = make_cfg(*overrides)
+    out = tmp_path / "run"
+    metrics = experiment.run(cfg, out)
+    assert 0 <= metrics["clean_accuracy"] <= 1
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["clean_accuracy"] == metrics["clean_accuracy"]
+    for name in ("model.pt", "model.json", "training.csv", "training_curve.png"):
+        assert (out / name).is_file(), name
+    if option == "none" and group == "attack":
+        assert saved["attack"] is None and not (out / "curve.csv").exists()
+    else:
+        assert (out / "curve.csv").is_file() and (out / "robustness_curve.png").is_file()

@@ -1,0 +1,90 @@
+"""Norms, projections and random starts against mathematics and an independent solver."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from advrun.attacks.norms import lp_norm, parse_norm, project, random_in_ball, steepest_direction
+
+
+@pytest.mark.parametrize("spelling, value", [
+    ("inf", math.inf), ("Linf", math.inf), (math.inf, math.inf), (2, 2.0), ("l2", 2.0), ("2", 2.0), (1, 1.0), ("L1", 1.0),
+])
+def test_parse_norm_spellings(spelling, value):
+    assert parse_norm(spelling) == value
+
+
+@pytest.mark.parametrize("bad", [3, "l3", "max", True, None])
+def test_parse_norm_rejects_unknown(bad):
+    with pytest.raises(ValueError, match="unknown norm"):
+        parse_norm(bad)
+
+
+def test_linf_projection_is_coordinate_clipping():
+    delta = torch.tensor([[0.5, -0.2, -0.9, 0.05]])
+    assert torch.equal(project(delta, 0.3, math.inf), torch.tensor([[0.3, -0.2, -0.3, 0.05]]))
+
+
+def test_l2_projection_closed_form():
+    delta = torch.randn(16, 3, 5, 5)
+    eps = 1.5
+    out = project(delta, eps, 2.0)
+    norms = delta.flatten(1).norm(dim=1)
+    for i in range(16):
+        expected = delta[i] if norms[i] <= eps else delta[i] * eps / norms[i]
+        torch.testing.assert_close(out[i], expected)
+
+
+def _l1_projection_by_bisection(v: np.ndarray, eps: float) -> np.ndarray:
+    """Independent solver: the minimiser of ||w - v||_2 over the L1 ball is a soft threshold,
+    with the threshold found by bisection on sum(max(|v| - t, 0)) = eps."""
+    if np.abs(v).sum() <= eps:
+        return v
+    lo, hi = 0.0, np.abs(v).max()
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if np.maximum(np.abs(v) - mid, 0).sum() > eps:
+            lo = mid
+        else:
+            hi = mid
+    return np.sign(v) * np.maximum(np.abs(v) - hi, 0)
+
+
+def test_l1_projection_agrees_with_bisection_solver():
+    delta = torch.randn(32, 20, dtype=torch.float64) * torch.rand(32, 1, dtype=torch.float64) * 3
+    for eps in (0.1, 1.0, 5.0, 50.0):
+        out = project(delta, eps, 1.0)
+        for i in range(len(delta)):
+            expected = _l1_projection_by_bisection(delta[i].numpy(), eps)
+            np.testing.assert_allclose(out[i].numpy(), expected, atol=1e-9)
+        assert (lp_norm(out, 1.0) <= eps + 1e-9).all()
+
+
+def test_l1_projection_is_not_a_rescaling():
+    delta = torch.tensor([[3.0, 1.0, 0.2]])
+    out = project(delta, 2.0, 1.0)
+    # soft threshold at 1.0: (2, 0, 0), whereas rescaling would give (1.43, 0.48, 0.1)
+    torch.testing.assert_close(out, torch.tensor([[2.0, 0.0, 0.0]]))
+
+
+@pytest.mark.parametrize("p", [math.inf, 2.0, 1.0])
+def test_steepest_direction_has_unit_norm_and_is_an_ascent_direction(p):
+    grad = torch.randn(8, 1, 4, 4)
+    direction = steepest_direction(grad, p)
+    torch.testing.assert_close(lp_norm(direction, p), torch.ones(8))
+    # For the unit ball of norm p, <grad, d> equals the dual norm of grad.
+    dual = {math.inf: 1.0, 2.0: 2.0, 1.0: math.inf}[p]
+    torch.testing.assert_close((grad * direction).flatten(1).sum(1), lp_norm(grad, dual))
+
+
+@pytest.mark.parametrize("p", [math.inf, 2.0, 1.0])
+def test_random_start_lies_in_the_ball_and_fills_it(p):
+    x = torch.zeros(2000, 6)
+    sample = random_in_ball(x, 0.5, p)
+    norms = lp_norm(sample, p)
+    assert (norms <= 0.5 + 1e-6).all()
+    # Uniform in a 6-dimensional ball: P(norm <= r * eps) = r^6 (for Linf the cube's own law).
+    if p != math.inf:
+        assert abs((norms <= 0.5 * 0.9).float().mean().item() - 0.9**6) < 0.05
