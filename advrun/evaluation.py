@@ -4,30 +4,96 @@ Three numbers, three denominators:
 
 * clean accuracy: correctly classified clean inputs / all N evaluated samples;
 * robust accuracy: samples classified correctly both clean and under attack / all N;
-* success rate: initially correct samples the attack turns into errors / initially correct.
+* success rate: samples whose goal the attack reached / initially correct samples (for a
+  targeted attack: initially correct samples whose label is not already the target).
 
-So ``robust_accuracy = clean_accuracy * (1 - success_rate)`` exactly.
+For untargeted attacks ``robust_accuracy = clean_accuracy * (1 - success_rate)`` exactly.
+
+Bounded attacks run once per budget. A minimum-norm attack runs once: at budget eps a
+sample counts as fooled when the attack succeeded with a perturbation of norm <= eps.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Sequence
 
 import pandas as pd
 import torch
 from torch import nn
 
-from advrun.attacks.base import Attack, Bounds
+from advrun.attacks.base import Attack, AttackResult, Bounds
 from advrun.attacks.norms import norm_name
 from advrun.console import progress_bar
 from advrun.training import predict
 
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 CURVE_COLUMNS = [
-    "attack", "norm", "eps", "n_samples", "n_correct", "n_success",
+    "attack", "norm", "target", "eps", "n_samples", "n_correct", "n_eligible", "n_success",
     "clean_accuracy", "robust_accuracy", "success_rate", "mean_norm", "median_norm", "time_s",
+    *[f"norm_q{int(100 * q)}" for q in QUANTILES],
 ]
+
+
+@dataclass
+class Evaluation:
+    """The curve (one row per budget, see ``CURVE_COLUMNS``) and, for a minimum-norm attack,
+    one row per sample (label, clean correctness, success, minimal norm)."""
+
+    curve: pd.DataFrame
+    samples: pd.DataFrame | None = None
+
+
+def _within(norms: torch.Tensor, eps: float) -> torch.Tensor:
+    return norms <= eps * (1 + 1e-5) + 1e-7
+
+
+def _attack_all(attack: Attack, model, x, y, bounds, batch_size, advance) -> AttackResult:
+    parts = []
+    for i in range(0, len(x), batch_size):
+        parts.append(attack(model, x[i : i + batch_size], y[i : i + batch_size], bounds=bounds))
+        advance()
+    targets = None if parts[0].targets is None else torch.cat([p.targets for p in parts])
+    return AttackResult(
+        x_adv=torch.cat([p.x_adv for p in parts]),
+        success=torch.cat([p.success for p in parts]),
+        norms=torch.cat([p.norms for p in parts]),
+        predictions=torch.cat([p.predictions for p in parts]),
+        targets=targets,
+    )
+
+
+def _row(attack: Attack, eps: float, y, clean_correct, result: AttackResult, seconds: float) -> dict:
+    within = _within(result.norms, eps)
+    fooled = clean_correct & (result.predictions != y) & within
+    eligible = clean_correct if result.targets is None else clean_correct & (result.targets != y)
+    success = eligible & result.success & within
+    n, n_correct, n_eligible, n_success = len(y), int(clean_correct.sum()), int(eligible.sum()), int(success.sum())
+    norms = result.norms[success].double()
+    row = {
+        "attack": attack.name,
+        "norm": norm_name(attack.norm),
+        "target": None if attack.target is None else str(attack.target),
+        "eps": float(eps),
+        "n_samples": n,
+        "n_correct": n_correct,
+        "n_eligible": n_eligible,
+        "n_success": n_success,
+        "clean_accuracy": n_correct / n,
+        "robust_accuracy": (n_correct - int(fooled.sum())) / n,
+        "success_rate": n_success / n_eligible if n_eligible else math.nan,
+        "mean_norm": norms.mean().item() if n_success else math.nan,
+        "median_norm": norms.quantile(0.5).item() if n_success else math.nan,
+        "time_s": seconds,
+    }
+    if attack.minimum_norm:
+        unbounded = eligible & result.success
+        all_norms = result.norms[unbounded].double()
+        for q in QUANTILES:
+            row[f"norm_q{int(100 * q)}"] = all_norms.quantile(q).item() if len(all_norms) else math.nan
+    return row
 
 
 def robustness_curve(
@@ -39,43 +105,38 @@ def robustness_curve(
     *,
     bounds: Bounds,
     batch_size: int,
-) -> pd.DataFrame:
-    """Attack ``(x, y)`` once per budget in ``epsilons``; one row per budget (see ``CURVE_COLUMNS``).
+) -> Evaluation:
+    """Evaluate ``attack`` on ``(x, y)`` at every budget in ``epsilons``.
 
     ``mean_norm`` and ``median_norm`` summarise the perturbations of the successful
-    adversarial examples (NaN when there are none).
+    adversarial examples at that budget (NaN when there are none); minimum-norm attacks
+    add the quantiles ``norm_q*`` of all their successful minimal norms.
     """
     clean_correct = predict(model, x, batch_size).eq(y)
-    n = len(x)
-    n_correct = int(clean_correct.sum())
+    batches = math.ceil(len(x) / batch_size)
+    runs = 1 if attack.minimum_norm else len(epsilons)
     rows = []
-    batches = math.ceil(n / batch_size)
+    samples = None
     with progress_bar() as bar:
-        task = bar.add_task(f"attack {attack.label}", total=len(epsilons) * batches)
-        for eps in epsilons:
+        task = bar.add_task(f"attack {attack.label}", total=runs * batches)
+
+        def advance() -> None:
+            bar.advance(task)
+
+        if attack.minimum_norm:
             start = time.perf_counter()
-            budgeted = attack.with_eps(float(eps))
-            success, norms = [], []
-            for i in range(0, n, batch_size):
-                result = budgeted(model, x[i : i + batch_size], y[i : i + batch_size], bounds=bounds)
-                success.append(result.success)
-                norms.append(result.norms)
-                bar.advance(task)
-            fooled = torch.cat(success) & clean_correct
-            fooled_norms = torch.cat(norms)[fooled].double()
-            n_success = int(fooled.sum())
-            rows.append({
-                "attack": attack.name,
-                "norm": norm_name(attack.norm),
-                "eps": float(eps),
-                "n_samples": n,
-                "n_correct": n_correct,
-                "n_success": n_success,
-                "clean_accuracy": n_correct / n,
-                "robust_accuracy": (n_correct - n_success) / n,
-                "success_rate": n_success / n_correct if n_correct else math.nan,
-                "mean_norm": fooled_norms.mean().item() if n_success else math.nan,
-                "median_norm": fooled_norms.quantile(0.5).item() if n_success else math.nan,
-                "time_s": time.perf_counter() - start,
+            result = _attack_all(attack, model, x, y, bounds, batch_size, advance)
+            seconds = time.perf_counter() - start
+            rows = [_row(attack, eps, y, clean_correct, result, seconds) for eps in epsilons]
+            samples = pd.DataFrame({
+                "label": y.cpu().numpy(),
+                "clean_correct": clean_correct.cpu().numpy(),
+                "success": result.success.cpu().numpy(),
+                "norm": torch.where(result.success, result.norms, torch.inf).cpu().numpy(),
             })
-    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+        else:
+            for eps in epsilons:
+                start = time.perf_counter()
+                result = _attack_all(attack.with_eps(float(eps)), model, x, y, bounds, batch_size, advance)
+                rows.append(_row(attack, eps, y, clean_correct, result, time.perf_counter() - start))
+    return Evaluation(pd.DataFrame(rows, columns=CURVE_COLUMNS), samples)

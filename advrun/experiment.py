@@ -24,7 +24,7 @@ from advrun.attacks.norms import norm_name, parse_norm
 from advrun.config import build, epsilons_from, resolve_device, to_container, validate_run
 from advrun.console import results
 from advrun.data import Dataset, load_dataset
-from advrun.errors import AdvrunError, ConfigError
+from advrun.errors import AdvrunError, ConfigError, InvalidValue
 from advrun.evaluation import robustness_curve
 from advrun.models import Classifier
 from advrun.reporting import plots
@@ -78,6 +78,10 @@ def build_attack(cfg: DictConfig, data: Dataset) -> tuple[Attack | None, list[fl
     if eps is None:
         eps = default_budgets(data, norm)["eps"]
     attack = build(node, "attack", eps=eps)
+    try:
+        attack.check_classes(data.num_classes)
+    except InvalidValue as e:
+        raise ConfigError(f"attack.{e.field}", e.message) from None
     grid = cfg.eval.epsilons
     grid = default_budgets(data, norm)["grid"] if grid is None else to_container(grid)
     return attack, epsilons_from(list(grid) + [attack.eps], "eval.epsilons")
@@ -148,10 +152,16 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     clean = accuracy(model, x_eval, y_eval, cfg.eval.batch_size)
     curve = None
     if attack is not None:
-        curve = robustness_curve(
+        evaluation = robustness_curve(
             model, attack, x_eval, y_eval, epsilons, bounds=data.bounds, batch_size=cfg.eval.batch_size
         )
+        curve = evaluation.curve
         io.write_csv(out / "curve.csv", curve)
+        if evaluation.samples is not None:
+            io.write_csv(out / "norms.csv", evaluation.samples)
+            figure = plots.plot_norm_distribution(evaluation.samples, attack.label)
+            io.save_figure(out / "norm_distribution.png", figure)
+            plots.close(figure)
         figure = plots.plot_robustness_curve(curve, f"{title}\n{attack.label}, {len(x_eval)} test samples")
         io.save_figure(out / "robustness_curve.png", figure)
         plots.close(figure)

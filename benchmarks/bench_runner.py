@@ -62,7 +62,7 @@ def time_pgd_evaluation() -> tuple[list[float], int, float]:
     times = []
     for _ in range(REPEATS):
         start = time.perf_counter()
-        robustness_curve(model, attack, data.x_test, data.y_test, [0.1], bounds=data.bounds, batch_size=500)
+        robustness_curve(model, attack, data.x_test, data.y_test, [0.1], bounds=data.bounds, batch_size=500).curve
         times.append(time.perf_counter() - start)
     return times, len(data.x_test), load
 

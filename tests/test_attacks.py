@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advrun.attacks import FGSM, PGD, check_adversarial, lp_norm
+from advrun.attacks.base import Goal
 from advrun.errors import AttackCheckError, InvalidValue
 
 
@@ -54,7 +55,7 @@ def test_pgd_never_leaves_the_ball_or_the_bounds(norm, random_start):
     y = torch.randint(0, 4, (50,))
     eps = {"inf": 0.2, 2: 0.8, 1: 2.0}[norm]
     attack = PGD(eps=eps, norm=norm, steps=15, step_scale=4.0, random_start=random_start, restarts=2)
-    x_adv = attack.perturb(model.eval(), x, y, (0.0, 1.0))  # the raw iterate, before any checks
+    x_adv = attack.perturb(model.eval(), x, Goal(y), (0.0, 1.0))  # the raw iterate, before any checks
     p = {"inf": math.inf, 2: 2.0, 1: 1.0}[norm]
     assert torch.isfinite(x_adv).all()
     assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
@@ -162,7 +163,7 @@ def test_invalid_settings_name_the_field(kwargs, field):
 
 
 def test_fgsm_refuses_other_norms():
-    with pytest.raises(InvalidValue, match="Linf"):
+    with pytest.raises(InvalidValue, match="supports linf"):
         FGSM(norm=2)
 
 

@@ -3,6 +3,17 @@
 Every attack runs on a whole batch with the model in eval mode (restored afterwards),
 takes gradients with respect to the input only (the parameters' ``.grad`` is never
 touched), and its output is checked: finite, inside the data bounds, within the budget.
+
+Two kinds of attack:
+
+* bounded attacks (FGSM, PGD, ...) search the ball of radius ``eps`` in ``norm``; the
+  evaluation runs them once per budget of the curve (:meth:`Attack.with_eps`);
+* minimum-norm attacks (``minimum_norm = True``: DeepFool, C&W, ...) look for the smallest
+  perturbation that reaches the goal and ignore ``eps``; one run gives the whole curve.
+
+Attacks attack the labels they are given (never the model's predictions). With
+``target`` set they are targeted: a fixed class, ``"random"`` (a random other class per
+sample) or ``"least_likely"`` (the class with the lowest clean logit).
 """
 
 from __future__ import annotations
@@ -21,22 +32,46 @@ from advrun.attacks.norms import lp_norm, norm_name, parse_norm
 from advrun.errors import AttackCheckError, InvalidValue
 
 Bounds = tuple[float, float]
+TARGET_MODES = ("random", "least_likely")
 
 
 @dataclass
 class AttackResult:
     """What an attack returns for a batch of ``n`` inputs.
 
-    ``x_adv``: the adversarial inputs (same shape as ``x``), ``success``: per-sample bool,
-    the model's decision on ``x_adv`` differs from the label (untargeted), ``norms``:
-    per-sample Lp norm of ``x_adv - x`` in the attack's norm, ``predictions``: the
-    model's labels for ``x_adv``.
+    ``x_adv``: the adversarial inputs (same shape as ``x``); ``success``: per sample, the
+    goal is reached (untargeted: the model's label differs from ``y``; targeted: it equals
+    the target); ``norms``: per-sample Lp norm of ``x_adv - x`` in the attack's norm;
+    ``predictions``: the model's labels for ``x_adv``; ``targets``: the target labels of a
+    targeted attack, else None.  Where a minimum-norm attack fails, ``x_adv`` is ``x``.
     """
 
     x_adv: torch.Tensor
     success: torch.Tensor
     norms: torch.Tensor
     predictions: torch.Tensor
+    targets: torch.Tensor | None = None
+
+
+@dataclass
+class Goal:
+    """What an attack tries to reach on a batch: leave ``labels`` (untargeted) or reach them (targeted)."""
+
+    labels: torch.Tensor
+    targeted: bool = False
+
+    def reached(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-sample bool: the decision on these logits reaches the goal."""
+        predictions = logits.argmax(dim=1)
+        return predictions == self.labels if self.targeted else predictions != self.labels
+
+    def loss(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-sample cross-entropy loss to maximise: ``CE(y)`` untargeted, ``-CE(target)`` targeted."""
+        ce = F.cross_entropy(logits, self.labels, reduction="none")
+        return -ce if self.targeted else ce
+
+    def subset(self, index: torch.Tensor) -> "Goal":
+        return Goal(self.labels[index], self.targeted)
 
 
 @contextlib.contextmanager
@@ -63,35 +98,59 @@ def input_gradient(loss_fn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return grad, losses.detach()
 
 
-def cross_entropy(model: nn.Module):
-    """Per-sample cross-entropy of ``model`` at an input, as a function of that input."""
-
-    def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model(x), y, reduction="none")
-
-    return loss
+def choose_targets(mode: int | str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Target labels: a fixed class, a random class other than ``y``, or the least likely class."""
+    k = logits.shape[1]
+    if mode == "random":
+        offset = torch.randint(1, k, y.shape, device=y.device)
+        return (y + offset) % k
+    if mode == "least_likely":
+        return logits.argmin(dim=1)
+    return torch.full_like(y, int(mode))
 
 
 @dataclass
 class Attack:
-    """Base class. Subclasses implement :meth:`perturb` on a batch and set ``name``.
+    """Base class. Subclasses set ``name`` and implement :meth:`perturb` on a batch.
 
-    ``eps`` is the perturbation budget in the attack's ``norm`` (``"inf"``, ``2`` or ``1``).
+    ``eps`` is the perturbation budget in the attack's ``norm`` (``"inf"``, ``2`` or ``1``);
+    ``target`` makes the attack targeted (see the module docstring).
     """
 
     name: ClassVar[str] = "attack"
+    #: True for attacks that return minimal perturbations and ignore ``eps``.
+    minimum_norm: ClassVar[bool] = False
+    #: Norms the attack supports.
+    norms: ClassVar[tuple[float, ...]] = (math.inf, 2.0, 1.0)
+    #: Whether the attack can be targeted.
+    targetable: ClassVar[bool] = True
 
     eps: float = 0.1
     norm: float | str = "inf"
+    target: int | str | None = None
 
     def __post_init__(self) -> None:
         try:
             self.norm = parse_norm(self.norm)
         except ValueError as e:
             raise InvalidValue("norm", str(e)) from None
-        if isinstance(self.eps, bool) or not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps >= 0):
-            raise InvalidValue("eps", f"must be a finite number >= 0, got {self.eps!r}")
+        if self.norm not in self.norms:
+            supported = ", ".join(norm_name(p) for p in self.norms)
+            raise InvalidValue("norm", f"{self.name} supports {supported}, not {norm_name(self.norm)}")
+        if self.eps is None and self.minimum_norm:
+            self.eps = math.inf
+        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or math.isnan(self.eps) or self.eps < 0:
+            raise InvalidValue("eps", f"must be a number >= 0, got {self.eps!r}")
+        if not self.minimum_norm and not math.isfinite(self.eps):
+            raise InvalidValue("eps", f"must be finite for a bounded attack, got {self.eps!r}")
         self.eps = float(self.eps)
+        if self.target is not None:
+            if not self.targetable:
+                raise InvalidValue("target", f"{self.name} is untargeted; leave target null")
+            if self.target not in TARGET_MODES and (
+                isinstance(self.target, bool) or not isinstance(self.target, int) or self.target < 0
+            ):
+                raise InvalidValue("target", f"must be null, a class index, 'random' or 'least_likely', got {self.target!r}")
 
     @property
     def label(self) -> str:
@@ -99,10 +158,16 @@ class Attack:
         return f"{self.name}-{norm_name(self.norm)}"
 
     def with_eps(self, eps: float) -> "Attack":
-        """A copy of this attack with another budget (the rest of the settings unchanged)."""
-        return dataclasses.replace(self, eps=eps)
+        """A copy of this attack with another budget (a minimum-norm attack is returned as is)."""
+        return self if self.minimum_norm else dataclasses.replace(self, eps=eps)
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, bounds: Bounds) -> torch.Tensor:
+    def check_classes(self, num_classes: int) -> None:
+        """Raise :class:`InvalidValue` if the attack cannot work with ``num_classes`` classes."""
+        if isinstance(self.target, int) and not isinstance(self.target, bool) and self.target >= num_classes:
+            raise InvalidValue("target", f"class {self.target} does not exist ({num_classes} classes)")
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, goal: Goal, bounds: Bounds) -> torch.Tensor:
+        """Adversarial inputs for ``x`` (model already in eval mode, gradients enabled)."""
         raise NotImplementedError
 
     def __call__(
@@ -112,19 +177,26 @@ class Attack:
         x = x.detach()
         y = y.detach()
         with eval_mode(model):
-            if self.eps == 0:
+            targets = None
+            if self.target is not None:
+                with torch.no_grad():
+                    targets = choose_targets(self.target, model(x), y)
+            goal = Goal(targets, targeted=True) if targets is not None else Goal(y)
+            budget = math.inf if self.minimum_norm else self.eps
+            if budget == 0 or len(x) == 0:
                 x_adv = x.clone()
             else:
                 with torch.enable_grad():
-                    x_adv = self.perturb(model, x, y, bounds).detach()
-            check_adversarial(x, x_adv, self.eps, self.norm, bounds, attack=self.label)
+                    x_adv = self.perturb(model, x, goal, bounds).detach()
+            check_adversarial(x, x_adv, budget, self.norm, bounds, attack=self.label)
             with torch.no_grad():
-                predictions = model(x_adv).argmax(dim=1)
+                logits = model(x_adv)
         return AttackResult(
             x_adv=x_adv,
-            success=predictions != y,
+            success=goal.reached(logits),
             norms=lp_norm(x_adv - x, self.norm),
-            predictions=predictions,
+            predictions=logits.argmax(dim=1),
+            targets=targets,
         )
 
 
@@ -138,11 +210,12 @@ def check_adversarial(
         raise AttackCheckError(f"{attack}: non-finite values in the adversarial inputs")
     lo, hi = bounds
     tol = 1e-6 * max(1.0, abs(lo), abs(hi))
-    if x_adv.min() < lo - tol or x_adv.max() > hi + tol:
+    if len(x) and (x_adv.min() < lo - tol or x_adv.max() > hi + tol):
         raise AttackCheckError(
             f"{attack}: adversarial inputs leave the bounds [{lo}, {hi}] "
             f"(min {x_adv.min().item():.6g}, max {x_adv.max().item():.6g})"
         )
-    largest = lp_norm(x_adv - x, norm).max().item() if len(x) else 0.0
-    if largest > eps * (1 + 1e-5) + 1e-6:
-        raise AttackCheckError(f"{attack}: perturbation norm {largest:.6g} exceeds eps {eps:.6g}")
+    if math.isfinite(eps) and len(x):
+        largest = lp_norm(x_adv - x, norm).max().item()
+        if largest > eps * (1 + 1e-5) + 1e-6:
+            raise AttackCheckError(f"{attack}: perturbation norm {largest:.6g} exceeds eps {eps:.6g}")

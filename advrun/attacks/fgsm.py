@@ -8,23 +8,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from advrun.attacks.base import Attack, Bounds, cross_entropy, input_gradient
-from advrun.errors import InvalidValue
+from advrun.attacks.base import Attack, Bounds, Goal, input_gradient
 
 
 @dataclass
 class FGSM(Attack):
     """One step of size ``eps`` along the sign of the loss gradient:
-    ``x_adv = clip(x + eps * sign(grad_x L(f(x), y)))``, an Linf attack."""
+    ``x_adv = clip(x + eps * sign(grad_x L(f(x), y)))``, an Linf attack (targeted: descend
+    the loss of the target)."""
 
     name = "fgsm"
+    norms = (math.inf,)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.norm != math.inf:
-            raise InvalidValue("norm", "fgsm is an Linf attack (norm: inf); use pgd with norm 2 for L2 budgets")
-
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, bounds: Bounds) -> torch.Tensor:
-        loss = cross_entropy(model)
-        grad, _ = input_gradient(lambda z: loss(z, y), x)
+    def perturb(self, model: nn.Module, x: torch.Tensor, goal: Goal, bounds: Bounds) -> torch.Tensor:
+        grad, _ = input_gradient(lambda z: goal.loss(model(z)), x)
         return (x + self.eps * grad.sign()).clamp(*bounds)

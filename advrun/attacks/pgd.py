@@ -7,10 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from advrun.attacks.base import Attack, Bounds
+from advrun.attacks.base import Attack, Bounds, Goal
 from advrun.attacks.norms import project, random_in_ball, steepest_direction
 from advrun.errors import InvalidValue, require_int, require_positive
 
@@ -23,7 +22,7 @@ class PGD(Attack):
     default, Madry et al.'s choice), so that every budget of a curve is attacked equally
     hard.  With ``random_start`` each restart begins at a uniform point of the ball.  Per
     sample, the worst case over all restarts and iterates is kept: the first iterate that is
-    misclassified, else the one with the highest loss.
+    misclassified (or, targeted, classified as the target), else the one with the highest loss.
     """
 
     name = "pgd"
@@ -49,15 +48,15 @@ class PGD(Attack):
         """The step size actually used."""
         return self.step_size if self.step_size is not None else self.step_scale * self.eps / self.steps
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, bounds: Bounds) -> torch.Tensor:
+    def perturb(self, model: nn.Module, x: torch.Tensor, goal: Goal, bounds: Bounds) -> torch.Tensor:
         lo, hi = bounds
         best_x = x.clone()
         best_loss = torch.full((len(x),), -torch.inf, device=x.device)
         best_fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
 
         def keep_worst(x_adv: torch.Tensor, logits: torch.Tensor) -> None:
-            losses = F.cross_entropy(logits, y, reduction="none")
-            fooled = logits.argmax(dim=1) != y
+            losses = goal.loss(logits)
+            fooled = goal.reached(logits)
             better = ~best_fooled & (fooled | (losses > best_loss))
             best_x[better] = x_adv[better]
             best_loss[better] = losses[better]
@@ -69,7 +68,7 @@ class PGD(Attack):
             for _ in range(self.steps):
                 x_adv.requires_grad_(True)
                 logits = model(x_adv)
-                (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x_adv)
+                (grad,) = torch.autograd.grad(goal.loss(logits).sum(), x_adv)
                 x_adv = x_adv.detach()
                 keep_worst(x_adv, logits.detach())
                 x_adv = x_adv + self.alpha * steepest_direction(grad, self.norm)

@@ -50,3 +50,33 @@ def plot_training_curve(history: pd.DataFrame, title: str = ""):
 
 def close(fig) -> None:
     plt.close(fig)
+
+
+def plot_norm_distribution(samples: pd.DataFrame, label: str):
+    """Minimal perturbation norms of a minimum-norm attack: histogram and cumulative curve.
+
+    ``samples`` has one row per sample with ``clean_correct`` and ``norm`` (inf where the
+    attack failed); the cumulative curve is the share of initially correct samples fooled
+    within each budget, so it reaches 100% only if the attack always succeeded.
+    """
+    import numpy as np
+
+    correct = samples[samples["clean_correct"].astype(bool)]
+    norms = np.sort(correct["norm"].to_numpy())
+    finite = norms[np.isfinite(norms)]
+    fig, (ax_hist, ax_cdf) = plt.subplots(1, 2, figsize=(9, 3.6))
+    if len(finite):
+        ax_hist.hist(finite, bins=min(40, max(5, len(finite) // 5)), color="tab:blue", alpha=0.8)
+        ax_cdf.step(finite, 100 * np.arange(1, len(finite) + 1) / max(1, len(norms)), where="post")
+    ax_hist.set_xlabel(f"minimal perturbation norm ({label})")
+    ax_hist.set_ylabel("samples")
+    ax_cdf.set_xlabel(f"budget epsilon ({label})")
+    ax_cdf.set_ylabel("fooled within budget (% of correct)")
+    ax_cdf.set_ylim(-2, 102)
+    for ax in (ax_hist, ax_cdf):
+        ax.grid(alpha=0.3)
+    failed = len(norms) - len(finite)
+    fig.suptitle(f"{label}: {len(finite)} of {len(norms)} initially correct samples fooled"
+                 + (f", {failed} not" if failed else ""))
+    fig.tight_layout()
+    return fig
