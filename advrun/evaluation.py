@@ -11,6 +11,8 @@ For untargeted attacks ``robust_accuracy = clean_accuracy * (1 - success_rate)``
 
 Bounded attacks run once per budget. A minimum-norm attack runs once: at budget eps a
 sample counts as fooled when the attack succeeded with a perturbation of norm <= eps.
+Attacks outside the Lp threat model (rotations, patches) run once and give one row with
+``eps`` NaN.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def _attack_all(attack: Attack, model, x, y, bounds, batch_size, advance) -> Att
 
 
 def _row(attack: Attack, eps: float, y, clean_correct, result: AttackResult, seconds: float) -> dict:
-    within = _within(result.norms, eps)
+    within = _within(result.norms, eps) if attack.lp_bounded else torch.ones_like(result.success)
     fooled = clean_correct & (result.predictions != y) & within
     eligible = clean_correct if result.targets is None else clean_correct & (result.targets != y)
     success = eligible & result.success & within
@@ -114,7 +116,7 @@ def robustness_curve(
     """
     clean_correct = predict(model, x, batch_size).eq(y)
     batches = math.ceil(len(x) / batch_size)
-    runs = 1 if attack.minimum_norm else len(epsilons)
+    runs = len(epsilons) if attack.lp_bounded and not attack.minimum_norm else 1
     rows = []
     samples = None
     with progress_bar() as bar:
@@ -123,7 +125,11 @@ def robustness_curve(
         def advance() -> None:
             bar.advance(task)
 
-        if attack.minimum_norm:
+        if not attack.lp_bounded:
+            start = time.perf_counter()
+            result = _attack_all(attack, model, x, y, bounds, batch_size, advance)
+            rows = [_row(attack, math.nan, y, clean_correct, result, time.perf_counter() - start)]
+        elif attack.minimum_norm:
             start = time.perf_counter()
             result = _attack_all(attack, model, x, y, bounds, batch_size, advance)
             seconds = time.perf_counter() - start

@@ -152,6 +152,9 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     clean = accuracy(model, x_eval, y_eval, cfg.eval.batch_size)
     curve = None
     if attack is not None:
+        attack.prepare(model, data.x_train, data.y_train, data.bounds)
+        for name, image in attack.artifacts().items():
+            io.save_image(out / f"{name}.png", image)
         evaluation = robustness_curve(
             model, attack, x_eval, y_eval, epsilons, bounds=data.bounds, batch_size=cfg.eval.batch_size
         )

@@ -52,3 +52,14 @@ def save_torch(path: str | os.PathLike, obj: Any) -> None:
 def save_figure(path: str | os.PathLike, figure) -> None:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format=Path(path).suffix.lstrip("."), dpi=150, bbox_inches="tight")
+
+
+def save_image(path: str | os.PathLike, image) -> None:
+    """Save a CxHxW (or HxW) tensor with values in [0, 1] as a PNG image."""
+    import matplotlib.image
+
+    array = image.detach().cpu().float().clamp(0, 1).numpy()
+    if array.ndim == 3:
+        array = array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
+    with atomic_path(path) as tmp:
+        matplotlib.image.imsave(tmp, array, cmap="gray" if array.ndim == 2 else None, vmin=0, vmax=1, format="png")

@@ -134,3 +134,24 @@ class CNN(Classifier):
             c, h, w = width, h // 2, w // 2
         layers += [nn.Flatten(), nn.Linear(c * h * w, hidden), make_activation(activation), nn.Linear(hidden, num_classes)]
         super().__init__(*layers)
+
+
+class WongMNIST(Classifier):
+    """The MNIST network of Wong, Rice & Kolter 2020 ("Fast is better than free"), whose published
+    weights are in ``../shared/reference-models``: two stride-2 4x4 convolutions (16, 32
+    channels), a 100-unit dense layer, ReLU; inputs in [0, 1] without normalisation.
+
+    The layer indices match the authors' ``nn.Sequential``, so their ``state_dict`` loads as is.
+    """
+
+    def __init__(self, in_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10):
+        if tuple(in_shape) != (1, 28, 28) or num_classes != 10:
+            raise InvalidValue("in_shape", f"wong_mnist is built for (1, 28, 28) inputs and 10 classes, "
+                                           f"got {tuple(in_shape)} and {num_classes}")
+        super().__init__(
+            nn.Conv2d(1, 16, 4, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(32 * 7 * 7, 100), nn.ReLU(),
+            nn.Linear(100, 10),
+        )

@@ -15,7 +15,7 @@ OPTIONS = [(group, option) for group, options in groups().items() for option in 
 def test_the_groups_hold_the_documented_options():
     found = groups()
     assert {"digits", "moons", "mnist", "fashion_mnist", "cifar10"} <= set(found["dataset"])
-    assert {"logreg", "mlp", "cnn"} <= set(found["model"])
+    assert {"logreg", "mlp", "cnn", "wong_mnist"} <= set(found["model"])
     assert {"sgd", "adam"} <= set(found["optimizer"])
     assert {"none", "fgsm", "pgd"} <= set(found["attack"])
     assert {"none", "adversarial"} <= set(found["defense"])
@@ -51,6 +51,8 @@ def test_option_composes_and_runs(group, option, make_cfg, tmp_path, request):
     overrides = [f"{group}={option}", *TINY, "eval.epsilons=[0,0.05]"]
     if group == "dataset":
         overrides += _data_overrides(option, tmp_path, request)
+    if (group, option) == ("model", "wong_mnist"):  # built for 28x28 MNIST only
+        overrides += ["dataset=mnist", *_data_overrides("mnist", tmp_path, request)]
     if group in ("attack", "defense") or option == "pgd":
         overrides += ["attack.steps=3"] if option == "pgd" else []
         overrides += ["defense.attack.steps=2"] if option == "adversarial" else []

@@ -124,6 +124,10 @@ class Attack:
     norms: ClassVar[tuple[float, ...]] = (math.inf, 2.0, 1.0)
     #: Whether the attack can be targeted.
     targetable: ClassVar[bool] = True
+    #: False for threat models that are not an Lp ball (rotations, patches): the norm of the
+    #: perturbation is reported but not checked against ``eps``, and the evaluation runs the
+    #: attack once (one row, ``eps`` NaN) instead of once per budget.
+    lp_bounded: ClassVar[bool] = True
 
     eps: float = 0.1
     norm: float | str = "inf"
@@ -166,6 +170,14 @@ class Attack:
         if isinstance(self.target, int) and not isinstance(self.target, bool) and self.target >= num_classes:
             raise InvalidValue("target", f"class {self.target} does not exist ({num_classes} classes)")
 
+    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, bounds: Bounds) -> None:
+        """Fit whatever the attack learns from training data before it is evaluated (a universal
+        patch, say). The runner calls it once with the training set; most attacks need nothing."""
+
+    def artifacts(self) -> dict[str, torch.Tensor]:
+        """Images worth saving with the run (e.g. ``{"patch": tensor CxHxW in [0, 1]}``)."""
+        return {}
+
     def perturb(self, model: nn.Module, x: torch.Tensor, goal: Goal, bounds: Bounds) -> torch.Tensor:
         """Adversarial inputs for ``x`` (model already in eval mode, gradients enabled)."""
         raise NotImplementedError
@@ -182,7 +194,7 @@ class Attack:
                 with torch.no_grad():
                     targets = choose_targets(self.target, model(x), y)
             goal = Goal(targets, targeted=True) if targets is not None else Goal(y)
-            budget = math.inf if self.minimum_norm else self.eps
+            budget = math.inf if self.minimum_norm or not self.lp_bounded else self.eps
             if budget == 0 or len(x) == 0:
                 x_adv = x.clone()
             else:

@@ -17,10 +17,13 @@ def plot_robustness_curve(curve: pd.DataFrame, title: str = ""):
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for (attack, norm), rows in curve.groupby(["attack", "norm"], sort=False):
         rows = rows.sort_values("eps")
+        if rows["eps"].isna().all():  # not an Lp threat model: one number, drawn as a line
+            ax.axhline(100 * rows["robust_accuracy"].iloc[0], color="tab:red", label=f"{attack}")
+            continue
         ax.plot(rows["eps"], 100 * rows["robust_accuracy"], marker="o", label=f"{attack} ({norm})")
     clean = 100 * curve["clean_accuracy"].iloc[0]
     ax.axhline(clean, color="grey", linestyle="--", linewidth=1, label=f"clean ({clean:.1f}%)")
-    norms = sorted(set(curve["norm"]))
+    norms = sorted(set(curve.loc[curve["eps"].notna(), "norm"]))
     ax.set_xlabel("perturbation budget epsilon (" + ", ".join(_NORM_LABEL.get(n, n) for n in norms) + " norm)")
     ax.set_ylabel("robust accuracy (% of all samples)")
     ax.set_ylim(-2, 102)
