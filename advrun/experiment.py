@@ -61,7 +61,7 @@ def default_budgets(data: Dataset, norm: float) -> dict[str, Any]:
     return budgets
 
 
-def build_attack(cfg: DictConfig, data: Dataset) -> tuple[Attack | None, list[float]]:
+def build_attack(cfg: DictConfig, data: Dataset, model: nn.Module) -> tuple[Attack | None, list[float]]:
     """The evaluation attack at its headline budget, and the budgets of the curve.
 
     ``attack.eps: null`` takes the data set's default budget for the attack's norm, and
@@ -80,6 +80,7 @@ def build_attack(cfg: DictConfig, data: Dataset) -> tuple[Attack | None, list[fl
     attack = build(node, "attack", eps=eps)
     try:
         attack.check_classes(data.num_classes)
+        attack.check_model(model, data.shape)
     except InvalidValue as e:
         raise ConfigError(f"attack.{e.field}", e.message) from None
     grid = cfg.eval.epsilons
@@ -121,7 +122,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     model = build_model(cfg.model, data).to(device)
     optimizer = build(cfg.optimizer, "optimizer", params=model.parameters())
     defense = build(cfg.defense, "defense", bounds=data.bounds)
-    attack, epsilons = build_attack(cfg, data)
+    attack, epsilons = build_attack(cfg, data, model)
     t_data = time.perf_counter()
     title = f"{data.name} / {_describe(model)} / defense {_describe(defense)}"
     log.info(

@@ -69,3 +69,49 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The digits data set (train / test tensors in [0, 1], shape 1x8x8, 10 classes)."""
+    from advrun.data import load_dataset
+
+    return load_dataset({"name": "digits", "test_fraction": 0.25, "split_seed": 0})
+
+
+_TRAINED: dict = {}
+
+
+@pytest.fixture(scope="session")
+def trained(digits):
+    """``trained("mlp" | "logreg" | "cnn", classes=None)``: a model trained on digits (cached per
+    session, eval mode) and its test data ``(model, x_test, y_test)``; with ``classes`` only
+    those digits, relabelled 0..K-1."""
+    from advrun.models import CNN, MLP, LogReg
+
+    def _get(kind: str, classes: tuple[int, ...] | None = None):
+        key = (kind, classes)
+        if key not in _TRAINED:
+            x, y, xt, yt = digits.x_train, digits.y_train, digits.x_test, digits.y_test
+            if classes is not None:
+                lookup = {c: i for i, c in enumerate(classes)}
+                keep, keep_t = torch.isin(y, torch.tensor(classes)), torch.isin(yt, torch.tensor(classes))
+                x, xt = x[keep], xt[keep_t]
+                y = torch.tensor([lookup[int(v)] for v in y[keep]])
+                yt = torch.tensor([lookup[int(v)] for v in yt[keep_t]])
+            k = int(y.max()) + 1
+            torch.manual_seed(0)
+            model = {"mlp": MLP, "logreg": LogReg, "cnn": CNN}[kind](in_shape=(1, 8, 8), num_classes=k)
+            model.fit_normalization(x)
+            optimizer = torch.optim.Adam(model.parameters(), lr=0.01 if kind == "logreg" else 0.003)
+            generator = torch.Generator().manual_seed(0)
+            for _ in range(15):
+                for index in torch.randperm(len(x), generator=generator).split(64):
+                    loss = torch.nn.functional.cross_entropy(model(x[index]), y[index])
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+            _TRAINED[key] = (model.eval(), xt, yt)
+        return _TRAINED[key]
+
+    return _get

@@ -170,6 +170,11 @@ class Attack:
         if isinstance(self.target, int) and not isinstance(self.target, bool) and self.target >= num_classes:
             raise InvalidValue("target", f"class {self.target} does not exist ({num_classes} classes)")
 
+    def check_model(self, model: nn.Module, in_shape: tuple[int, ...]) -> None:
+        """Raise :class:`InvalidValue` if the attack cannot attack this model or input shape
+        (an exact linear attack on a non-linear model, a patch on vector inputs). Called by
+        the runner before training, so such a mistake costs no time."""
+
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, bounds: Bounds) -> None:
         """Fit whatever the attack learns from training data before it is evaluated (a universal
         patch, say). The runner calls it once with the training set; most attacks need nothing."""
