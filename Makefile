@@ -12,7 +12,7 @@ PIP_FLAGS ?= -q --disable-pip-version-check
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install $(PIP_FLAGS) --upgrade pip
-	$(BIN)/python -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[test,peers]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -20,9 +20,13 @@ class PGD(Attack):
 
     The step is ``step_size`` when given, else ``step_scale * eps / steps`` (2.5 eps/steps by
     default, Madry et al.'s choice), so that every budget of a curve is attacked equally
-    hard.  With ``random_start`` each restart begins at a uniform point of the ball.  Per
-    sample, the worst case over all restarts and iterates is kept: the first iterate that is
-    misclassified (or, targeted, classified as the target), else the one with the highest loss.
+    hard.  With ``random_start`` each restart begins at a uniform point of the ball.
+
+    With ``keep_best`` (default) the worst case per sample over all restarts and iterates is
+    kept: the first iterate that reaches the goal (misclassified, or classified as the
+    target), else the one with the highest loss; a sample that reaches the goal is not
+    attacked further.  ``keep_best=false`` returns each restart's last iterate, as Madry et
+    al.'s code does (a restart that reached the goal still wins over later ones).
     """
 
     name = "pgd"
@@ -32,6 +36,7 @@ class PGD(Attack):
     step_scale: float = 2.5
     random_start: bool = True
     restarts: int = 1
+    keep_best: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -40,8 +45,9 @@ class PGD(Attack):
         if self.step_size is not None:
             require_positive("step_size", self.step_size, hint=" (or null for step_scale * eps / steps)")
         require_positive("step_scale", self.step_scale)
-        if not isinstance(self.random_start, bool):
-            raise InvalidValue("random_start", f"must be true or false, got {self.random_start!r}")
+        for field in ("random_start", "keep_best"):
+            if not isinstance(getattr(self, field), bool):
+                raise InvalidValue(field, f"must be true or false, got {getattr(self, field)!r}")
 
     @property
     def alpha(self) -> float:
@@ -54,25 +60,38 @@ class PGD(Attack):
         best_loss = torch.full((len(x),), -torch.inf, device=x.device)
         best_fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
 
-        def keep_worst(x_adv: torch.Tensor, logits: torch.Tensor) -> None:
-            losses = goal.loss(logits)
-            fooled = goal.reached(logits)
-            better = ~best_fooled & (fooled | (losses > best_loss))
-            best_x[better] = x_adv[better]
-            best_loss[better] = losses[better]
-            best_fooled[better] = fooled[better]
+        def record(index: torch.Tensor, x_adv: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+            """Keep, per sample, the iterate to return; return which of these iterates reach the goal."""
+            losses, fooled = goal.subset(index).loss(logits), goal.subset(index).reached(logits)
+            better = ~best_fooled[index]
+            if self.keep_best:
+                better &= fooled | (losses > best_loss[index])
+            chosen = index[better]
+            best_x[chosen] = x_adv[better]
+            best_loss[chosen] = losses[better]
+            best_fooled[chosen] = fooled[better]
+            return fooled
 
         for _ in range(self.restarts):
-            start = random_in_ball(x, self.eps, self.norm) if self.random_start else torch.zeros_like(x)
-            x_adv = (x + start).clamp(lo, hi)
+            index = (~best_fooled).nonzero().squeeze(1)  # later restarts attack the survivors only
+            if len(index) == 0:
+                break
+            x0 = x[index]
+            start = random_in_ball(x0, self.eps, self.norm) if self.random_start else torch.zeros_like(x0)
+            x_adv = (x0 + start).clamp(lo, hi)
             for _ in range(self.steps):
                 x_adv.requires_grad_(True)
                 logits = model(x_adv)
-                (grad,) = torch.autograd.grad(goal.loss(logits).sum(), x_adv)
+                (grad,) = torch.autograd.grad(goal.subset(index).loss(logits).sum(), x_adv)
                 x_adv = x_adv.detach()
-                keep_worst(x_adv, logits.detach())
+                if self.keep_best:
+                    active = ~record(index, x_adv, logits.detach())  # fooled samples are done
+                    index, x0, x_adv, grad = index[active], x0[active], x_adv[active], grad[active]
+                    if len(index) == 0:
+                        break
                 x_adv = x_adv + self.alpha * steepest_direction(grad, self.norm)
-                x_adv = (x + project(x_adv - x, self.eps, self.norm)).clamp(lo, hi)
-            with torch.no_grad():
-                keep_worst(x_adv, model(x_adv))
+                x_adv = (x0 + project(x_adv - x0, self.eps, self.norm)).clamp(lo, hi)
+            if len(index):
+                with torch.no_grad():
+                    record(index, x_adv, model(x_adv))
         return best_x
