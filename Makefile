@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PIP_FLAGS ?= -q --disable-pip-version-check
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run test test-slow test-all bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,11 +20,15 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/advrun $(ARGS)
 
+# The suite without the tests marked slow (published reference models on the full MNIST test set).
 test: $(STAMP)
-	$(BIN)/python -m pytest
-
-test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow'
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow -s
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_runner.py

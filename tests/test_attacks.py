@@ -55,7 +55,9 @@ def test_pgd_never_leaves_the_ball_or_the_bounds(norm, random_start):
     y = torch.randint(0, 4, (50,))
     eps = {"inf": 0.2, 2: 0.8, 1: 2.0}[norm]
     attack = PGD(eps=eps, norm=norm, steps=15, step_scale=4.0, random_start=random_start, restarts=2)
-    x_adv = attack.perturb(model.eval(), x, Goal(y), (0.0, 1.0))  # the raw iterate, before any checks
+    x_adv, logits = attack.perturb(model.eval(), x, Goal(y), (0.0, 1.0))  # the raw output, before any checks
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(x_adv))  # the logits it hands back are those of x_adv
     p = {"inf": math.inf, 2: 2.0, 1: 1.0}[norm]
     assert torch.isfinite(x_adv).all()
     assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0

@@ -183,8 +183,14 @@ class Attack:
         """Images worth saving with the run (e.g. ``{"patch": tensor CxHxW in [0, 1]}``)."""
         return {}
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, goal: Goal, bounds: Bounds) -> torch.Tensor:
-        """Adversarial inputs for ``x`` (model already in eval mode, gradients enabled)."""
+    def perturb(
+        self, model: nn.Module, x: torch.Tensor, goal: Goal, bounds: Bounds
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Adversarial inputs for ``x`` (model already in eval mode, gradients enabled).
+
+        An attack that already has the model's logits at the inputs it returns may return
+        ``(x_adv, logits)``, which saves the forward pass that would compute them again.
+        """
         raise NotImplementedError
 
     def __call__(
@@ -204,10 +210,13 @@ class Attack:
                 x_adv = x.clone()
             else:
                 with torch.enable_grad():
-                    x_adv = self.perturb(model, x, goal, bounds).detach()
+                    x_adv = self.perturb(model, x, goal, bounds)
+            x_adv, logits = x_adv if isinstance(x_adv, tuple) else (x_adv, None)
+            x_adv = x_adv.detach()
             check_adversarial(x, x_adv, budget, self.norm, bounds, attack=self.label)
-            with torch.no_grad():
-                logits = model(x_adv)
+            if logits is None or not torch.isfinite(logits).all():
+                with torch.no_grad():
+                    logits = model(x_adv)
         return AttackResult(
             x_adv=x_adv,
             success=goal.reached(logits),

@@ -54,20 +54,27 @@ class PGD(Attack):
         """The step size actually used."""
         return self.step_size if self.step_size is not None else self.step_scale * self.eps / self.steps
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, goal: Goal, bounds: Bounds) -> torch.Tensor:
+    def perturb(
+        self, model: nn.Module, x: torch.Tensor, goal: Goal, bounds: Bounds
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = bounds
         best_x = x.clone()
+        best_logits: torch.Tensor | None = None
         best_loss = torch.full((len(x),), -torch.inf, device=x.device)
         best_fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
 
         def record(index: torch.Tensor, x_adv: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
             """Keep, per sample, the iterate to return; return which of these iterates reach the goal."""
+            nonlocal best_logits
+            if best_logits is None:
+                best_logits = torch.full((len(x), logits.shape[1]), torch.nan, device=x.device)
             losses, fooled = goal.subset(index).loss(logits), goal.subset(index).reached(logits)
             better = ~best_fooled[index]
             if self.keep_best:
                 better &= fooled | (losses > best_loss[index])
             chosen = index[better]
             best_x[chosen] = x_adv[better]
+            best_logits[chosen] = logits[better]
             best_loss[chosen] = losses[better]
             best_fooled[chosen] = fooled[better]
             return fooled
@@ -94,4 +101,4 @@ class PGD(Attack):
             if len(index):
                 with torch.no_grad():
                     record(index, x_adv, model(x_adv))
-        return best_x
+        return best_x, best_logits

@@ -1,0 +1,230 @@
+"""advrun's attacks against torchattacks, ART and foolbox: same model, same images, same settings,
+measured in one run. Writes benchmarks/results.md. Run with `make bench`.
+
+Model: the published MNIST model of Wong et al. 2020 (../shared/reference-models, fgsm.pth);
+data: the first N images of the MNIST test set in ../shared/data. Each configuration is timed
+REPEATS times after one warm-up call, each time after the machine is idle; the table reports the
+median images per second, the robust accuracy (Lp-bounded attacks) or the median perturbation
+norm of successful samples (minimum-norm attacks), and the speed ratio to advrun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(ROOT))
+
+from advrun import attacks as A  # noqa: E402
+from advrun.data import load_dataset  # noqa: E402
+from advrun.models import WongMNIST  # noqa: E402
+
+Run = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, y) -> x_adv
+
+
+@dataclass
+class Entry:
+    attack: str
+    library: str
+    settings: str
+    run: Run
+    norm: float  # norm for reporting perturbation sizes
+    bounded: bool  # report robust accuracy (True) or the median norm of successes (False)
+
+
+def wait_until_idle(limit: float = 0.6, timeout: float = 120.0) -> float:
+    """Wait for the 1-minute load average to fall below ``limit`` (at most ``timeout`` s)."""
+    start = time.time()
+    while os.getloadavg()[0] > limit and time.time() - start < timeout:
+        time.sleep(3)
+    return os.getloadavg()[0]
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
+    """This machine's float32 matmul throughput (GFLOP/s), the ceiling for PGD's share."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def forward_flops(model: torch.nn.Module, shape: tuple[int, ...]) -> float:
+    """FLOPs of one forward pass for one input (convolutions and linear layers; 2 per MAC)."""
+    total = 0.0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        if isinstance(module, torch.nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            total += 2 * k * output[0].numel()
+        elif isinstance(module, torch.nn.Linear):
+            total += 2 * module.in_features * module.out_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    with torch.no_grad():
+        model(torch.zeros(1, *shape))
+    for h in handles:
+        h.remove()
+    return total
+
+
+def advrun_entry(attack: A.Attack, model) -> Run:
+    return lambda x, y: attack(model, x, y).x_adv
+
+
+def entries(model, n_classes: int = 10) -> list[Entry]:
+    eps, steps, alpha = 0.3, 40, 0.01
+    found: list[Entry] = [
+        Entry("FGSM", "advrun", f"Linf eps {eps}", advrun_entry(A.FGSM(eps=eps), model), math.inf, True),
+        Entry("PGD", "advrun", f"Linf eps {eps}, {steps} x {alpha}, random start",
+              advrun_entry(A.PGD(eps=eps, steps=steps, step_size=alpha), model), math.inf, True),
+        Entry("PGD (last iterate)", "advrun", f"Linf eps {eps}, {steps} x {alpha}, random start, keep_best=false",
+              advrun_entry(A.PGD(eps=eps, steps=steps, step_size=alpha, keep_best=False), model), math.inf, True),
+    ]
+    try:
+        import torchattacks as ta
+
+        found += [
+            Entry("FGSM", "torchattacks", f"Linf eps {eps}", ta.FGSM(model, eps=eps), math.inf, True),
+            Entry("PGD", "torchattacks", f"Linf eps {eps}, {steps} x {alpha}, random start",
+                  ta.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True), math.inf, True),
+        ]
+    except ImportError:
+        pass
+    try:
+        from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescentPyTorch
+        from art.estimators.classification import PyTorchClassifier
+
+        classifier = PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 28, 28),
+                                       nb_classes=n_classes, clip_values=(0.0, 1.0))
+
+        def art(attack) -> Run:
+            return lambda x, y: torch.from_numpy(attack.generate(x.numpy(), y=y.numpy()))
+
+        found += [
+            Entry("FGSM", "ART", f"Linf eps {eps}", art(FastGradientMethod(classifier, norm=np.inf, eps=eps,
+                                                                          batch_size=1000)), math.inf, True),
+            Entry("PGD", "ART", f"Linf eps {eps}, {steps} x {alpha}, random start",
+                  art(ProjectedGradientDescentPyTorch(classifier, norm=np.inf, eps=eps, eps_step=alpha, max_iter=steps,
+                                                      num_random_init=1, batch_size=1000, verbose=False)),
+                  math.inf, True),
+        ]
+    except ImportError:
+        pass
+    try:
+        import foolbox as fb
+
+        fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0))
+
+        def foolbox(attack, epsilon) -> Run:
+            return lambda x, y: attack(fmodel, x, y, epsilons=epsilon)[1]
+
+        found += [
+            Entry("FGSM", "foolbox", f"Linf eps {eps}", foolbox(fb.attacks.FGSM(), eps), math.inf, True),
+            Entry("PGD", "foolbox", f"Linf eps {eps}, {steps} x {alpha}, random start",
+                  foolbox(fb.attacks.LinfPGD(abs_stepsize=alpha, steps=steps, random_start=True), eps), math.inf, True),
+        ]
+    except ImportError:
+        pass
+    return found
+
+
+def measure(entry: Entry, model, x, y, repeats: int) -> dict:
+    entry.run(x[:50], y[:50])  # warm-up
+    times, x_adv = [], None
+    for _ in range(repeats):
+        wait_until_idle()
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        x_adv = entry.run(x, y)
+        times.append(time.perf_counter() - start)
+    with torch.no_grad():
+        predictions = torch.cat([model(x_adv[i : i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
+        clean = torch.cat([model(x[i : i + 1000]).argmax(1) for i in range(0, len(x), 1000)]) == y
+    fooled = clean & (predictions != y)
+    norms = (x_adv - x).flatten(1).norm(p=entry.norm, dim=1)[fooled]
+    median = statistics.median(times)
+    return {
+        "images_per_s": len(x) / median,
+        "seconds": median,
+        "robust_accuracy": float((clean & ~fooled).float().mean()),
+        "median_norm": float(norms.median()) if len(norms) else math.nan,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=1000, help="MNIST test images (default 1000)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    weights = SHARED / "reference-models" / "mnist-fast-adversarial" / "fgsm.pth"
+    if not weights.is_file() or not (SHARED / "data" / "MNIST").is_dir():
+        print(f"skipped: the attack benchmark needs {weights} and {SHARED / 'data'}")
+        return
+    torch.manual_seed(0)
+    model = WongMNIST()
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.eval()
+    data = load_dataset({"name": "mnist", "root": str(SHARED / "data"), "download": False})
+    x, y = data.x_test[: args.n], data.y_test[: args.n]
+
+    results = []
+    for entry in entries(model):
+        print(f"{entry.attack:>20} {entry.library:>12} ...", end=" ", flush=True)
+        result = measure(entry, model, x, y, args.repeats)
+        results.append((entry, result))
+        print(f"{result['images_per_s']:.0f} images/s, robust acc {100 * result['robust_accuracy']:.2f}%")
+
+    peak = matmul_gflops()
+    pgd = next(r for e, r in results if e.attack == "PGD" and e.library == "advrun")
+    # one PGD step = one forward + one backward to the input (about the same FLOPs again)
+    pgd_gflops = len(x) * 40 * 2 * forward_flops(model, (1, 28, 28)) / pgd["seconds"] / 1e9
+
+    lines = [
+        "# Attack benchmark: advrun against torchattacks, ART and foolbox",
+        "",
+        f"Same model (Wong et al. 2020 `fgsm.pth`, MNIST), same {len(x)} MNIST test images, same settings, one run. "
+        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads). "
+        f"Medians of {args.repeats} timed calls after a warm-up, each started on an idle machine "
+        "(1-minute load average below 0.6). Speed ratio: images/s relative to advrun's entry for the same attack.",
+        "",
+        "| attack | library | settings | images/s | ratio to advrun | robust accuracy | median norm of successes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for entry, result in results:
+        ours = next((r for e, r in results if e.attack == entry.attack and e.library == "advrun"), None)
+        ratio = result["images_per_s"] / ours["images_per_s"] if ours else math.nan
+        robust = f"{100 * result['robust_accuracy']:.2f}%" if entry.bounded else "-"
+        lines.append(
+            f"| {entry.attack} | {entry.library} | {entry.settings} | {result['images_per_s']:,.0f} | {ratio:.2f} | "
+            f"{robust} | {result['median_norm']:.4f} |"
+        )
+    lines += [
+        "",
+        f"Machine float32 matmul throughput (1024x1024): {peak:.1f} GFLOP/s. advrun PGD achieves about "
+        f"{pgd_gflops:.1f} GFLOP/s on this model ({100 * pgd_gflops / peak:.1f}% of it; the model is tiny, "
+        "so most time goes to small convolutions and framework overhead).",
+        "",
+    ]
+    (HERE / "results.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
