@@ -175,3 +175,41 @@ def test_with_eps_copies_the_settings():
     assert (other.eps, other.norm, other.steps, other.restarts) == (0.5, 2.0, 7, 3)
     assert pgd.eps == 0.1
     assert other.alpha == pytest.approx(2.5 * 0.5 / 7)
+
+
+def test_target_modes():
+    from advrun.attacks.base import choose_targets
+
+    logits = torch.tensor([[3.0, 1.0, -2.0, 0.5], [0.0, 2.0, 1.0, -1.0]])
+    y = torch.tensor([0, 1])
+    assert choose_targets("least_likely", logits, y).tolist() == [2, 3]
+    assert choose_targets(2, logits, y).tolist() == [2, 2]
+    torch.manual_seed(0)
+    random = choose_targets("random", logits.repeat(500, 1), y.repeat(500))
+    assert (random != y.repeat(500)).all() and set(random.tolist()) == {0, 1, 2, 3}
+    # two classes: the random other class is the other class
+    assert choose_targets("random", logits[:, :2], y).tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("target", ["least_likely", "random", 3])
+def test_targeted_pgd_reaches_its_targets(trained, target):
+    model, x, y = trained("mlp")
+    result = PGD(eps=0.5, steps=40, target=target)(model, x[:100], y[:100])
+    assert result.targets is not None and result.success.float().mean() > 0.95
+    assert torch.equal(result.success, result.predictions == result.targets)
+
+
+@pytest.mark.parametrize("target", [-1, "most_likely", True])
+def test_invalid_targets_are_errors(target):
+    with pytest.raises(InvalidValue) as info:
+        PGD(target=target)
+    assert info.value.field == "target"
+
+
+def test_a_target_class_must_exist(make_cfg, tmp_path):
+    from advrun import experiment
+    from advrun.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        experiment.run(make_cfg("dataset.classes=[0,1]", "attack.target=5", "train.epochs=1"), tmp_path)
+    assert info.value.key == "attack.target"
