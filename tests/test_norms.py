@@ -88,3 +88,26 @@ def test_random_start_lies_in_the_ball_and_fills_it(p):
     # Uniform in a 6-dimensional ball: P(norm <= r * eps) = r^6 (for Linf the cube's own law).
     if p != math.inf:
         assert abs((norms <= 0.5 * 0.9).float().mean().item() - 0.9**6) < 0.05
+
+
+def test_sparse_l1_direction_moves_the_largest_free_coordinates():
+    from advrun.attacks.norms import sparse_l1_direction
+
+    grad = torch.tensor([[0.1, -3.0, 2.0, 0.5, -1.0, 4.0, 0.0, 0.2, -0.3, 1.5]])
+    x = torch.tensor([[0.5, 0.5, 0.5, 0.5, 0.5, 1.0, 0.5, 0.5, 0.5, 0.5]])  # coordinate 5 sits at the top
+    direction = sparse_l1_direction(grad, x, (0.0, 1.0), sparsity=0.7)  # 3 of 10 coordinates
+    expected = torch.zeros(1, 10)
+    expected[0, [1, 2, 9]] = torch.tensor([-1.0, 1.0, 1.0]) / 3  # 4.0 is excluded: it cannot grow
+    torch.testing.assert_close(direction, expected)
+    assert lp_norm(direction, 1.0).item() == pytest.approx(1.0)
+
+
+def test_sparse_l1_pgd_beats_single_coordinate_steps(trained):
+    from advrun.attacks import PGD
+
+    model, x, y = trained("mlp")
+    torch.manual_seed(0)
+    sparse = PGD(eps=4.0, norm=1, steps=40)(model, x, y).success.float().mean()
+    torch.manual_seed(0)
+    single = PGD(eps=4.0, norm=1, steps=40, l1_sparsity=1 - 1 / 64)(model, x, y).success.float().mean()
+    assert sparse >= single and sparse > 0.9

@@ -127,3 +127,27 @@ def random_in_ball(like: torch.Tensor, eps: float, p: float) -> torch.Tensor:
         radius = eps * torch.rand(n, device=like.device, dtype=like.dtype) ** (1.0 / d)
         return direction * _per_sample(radius, like)
     raise ValueError(f"unknown norm {p!r}")
+
+
+def sparse_l1_direction(
+    grad: torch.Tensor, x: torch.Tensor, bounds: tuple[float, float], sparsity: float
+) -> torch.Tensor:
+    """The L1 step of sparse L1 descent (Tramer & Boneh 2019, "Adversarial training and
+    robustness for multiple perturbations", SLIDE): the sign of the gradient on its largest
+    ``1 - sparsity`` share of coordinates (at least one), scaled to unit L1 norm.
+
+    Coordinates at a bound that the gradient pushes further out are left out, so the step is
+    not wasted on pixels that cannot move. ``sparsity -> 1`` is the exact steepest-ascent
+    direction (one coordinate); a few percent of the coordinates per step work much better.
+    """
+    lo, hi = bounds
+    g = grad.reshape(len(grad), -1)
+    xf = x.reshape(len(x), -1)
+    stuck = ((xf >= hi) & (g > 0)) | ((xf <= lo) & (g < 0))
+    magnitude = g.abs().masked_fill(stuck, 0.0)
+    k = max(1, int(round((1 - sparsity) * g.shape[1])))
+    threshold = magnitude.topk(k, dim=1).values[:, -1:]
+    mask = (magnitude >= threshold) & (magnitude > 0)
+    direction = g.sign() * mask
+    direction = direction / direction.abs().sum(dim=1, keepdim=True).clamp_min(1)
+    return direction.reshape(grad.shape)

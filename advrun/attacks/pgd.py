@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from advrun.attacks.base import Attack, Bounds, Goal
-from advrun.attacks.norms import project, random_in_ball, steepest_direction
+from advrun.attacks.norms import project, random_in_ball, sparse_l1_direction, steepest_direction
 from advrun.errors import InvalidValue, require_int, require_positive
 
 
@@ -27,6 +27,10 @@ class PGD(Attack):
     target), else the one with the highest loss; a sample that reaches the goal is not
     attacked further.  ``keep_best=false`` returns each restart's last iterate, as Madry et
     al.'s code does (a restart that reached the goal still wins over later ones).
+
+    In the L1 norm each step moves the largest ``1 - l1_sparsity`` share of the gradient's
+    coordinates (sparse L1 descent, Tramer & Boneh 2019): the exact steepest L1 step moves
+    a single coordinate and makes slow progress.
     """
 
     name = "pgd"
@@ -37,6 +41,7 @@ class PGD(Attack):
     random_start: bool = True
     restarts: int = 1
     keep_best: bool = True
+    l1_sparsity: float = 0.95
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -45,6 +50,8 @@ class PGD(Attack):
         if self.step_size is not None:
             require_positive("step_size", self.step_size, hint=" (or null for step_scale * eps / steps)")
         require_positive("step_scale", self.step_scale)
+        if isinstance(self.l1_sparsity, bool) or not isinstance(self.l1_sparsity, (int, float)) or not 0 <= self.l1_sparsity < 1:
+            raise InvalidValue("l1_sparsity", f"must lie in [0, 1), got {self.l1_sparsity!r}")
         for field in ("random_start", "keep_best"):
             if not isinstance(getattr(self, field), bool):
                 raise InvalidValue(field, f"must be true or false, got {getattr(self, field)!r}")
@@ -53,6 +60,11 @@ class PGD(Attack):
     def alpha(self) -> float:
         """The step size actually used."""
         return self.step_size if self.step_size is not None else self.step_scale * self.eps / self.steps
+
+    def _direction(self, grad: torch.Tensor, x_adv: torch.Tensor, bounds: Bounds) -> torch.Tensor:
+        if self.norm == 1.0:
+            return sparse_l1_direction(grad, x_adv, bounds, self.l1_sparsity)
+        return steepest_direction(grad, self.norm)
 
     def perturb(
         self, model: nn.Module, x: torch.Tensor, goal: Goal, bounds: Bounds
@@ -96,7 +108,7 @@ class PGD(Attack):
                     index, x0, x_adv, grad = index[active], x0[active], x_adv[active], grad[active]
                     if len(index) == 0:
                         break
-                x_adv = x_adv + self.alpha * steepest_direction(grad, self.norm)
+                x_adv = x_adv + self.alpha * self._direction(grad, x_adv, bounds)
                 x_adv = (x0 + project(x_adv - x0, self.eps, self.norm)).clamp(lo, hi)
             if len(index):
                 with torch.no_grad():
