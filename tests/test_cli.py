@@ -10,7 +10,7 @@ import torch
 
 import advrun
 from advrun.data import load_dataset
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, groups, run_cli
 
 FAST = [*TINY, "attack.steps=2", "eval.epsilons=[0,0.1]"]
 
@@ -39,10 +39,11 @@ def test_console_script_and_help(tmp_path):
     assert script.is_file() or shutil.which("advrun")
     proc = run_cli("--help", cwd=tmp_path)
     assert proc.returncode == 0
-    for line in ("attack: fgsm, none, pgd", "model: cnn, logreg, mlp", "optimizer: adam, sgd",
-                 "defense: adversarial, none", "Examples:"):
-        assert line in proc.stdout
-    assert "dataset: " in proc.stdout and "mnist" in proc.stdout
+    listed = {line.split(":")[0]: set(line.split(":", 1)[1].replace(",", " ").split())
+              for line in proc.stdout.splitlines() if line.split(":")[0] in groups()}
+    for group, options in groups().items():
+        assert listed[group] == set(options), group
+    assert "Examples:" in proc.stdout
 
 
 def test_cfg_job_prints_the_composed_config(tmp_path):
