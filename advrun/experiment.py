@@ -202,11 +202,12 @@ def _metrics(cfg, data, device, history, clean, n_eval, attack, curve) -> dict[s
         "attack": None,
     }
     if attack is not None:
-        headline = curve.loc[curve["eps"] == attack.eps].iloc[0]
+        # an attack outside the Lp threat model has one row (eps NaN) and no budget
+        headline = curve.loc[curve["eps"] == attack.eps].iloc[0] if attack.lp_bounded else curve.iloc[0]
         metrics.update({
             "attack": attack.name,
             "norm": norm_name(attack.norm),
-            "eps": attack.eps,
+            "eps": attack.eps if attack.lp_bounded else None,
             "robust_accuracy": float(headline["robust_accuracy"]),
             "success_rate": float(headline["success_rate"]),
             "curve": json.loads(curve.to_json(orient="records")),

@@ -9,6 +9,15 @@ from advrun import experiment
 from tests.conftest import TINY, groups
 from tests.fake_data import write_mnist_like
 
+#: Per attack, the overrides that make it run in about a second.
+TINY_ATTACK = {
+    "pgd": ["attack.steps=3"],
+    "bim": ["attack.steps=3"],
+    "mifgsm": ["attack.steps=3"],
+    "spatial": ["attack.rotations=3", "attack.translations=3"],
+    "patch": ["attack.train_steps=5"],
+}
+
 OPTIONS = [(group, option) for group, options in groups().items() for option in options]
 
 
@@ -53,9 +62,10 @@ def test_option_composes_and_runs(group, option, make_cfg, tmp_path, request):
         overrides += _data_overrides(option, tmp_path, request)
     if (group, option) == ("model", "wong_mnist"):  # built for 28x28 MNIST only
         overrides += ["dataset=mnist", *_data_overrides("mnist", tmp_path, request)]
-    if group in ("attack", "defense") or option == "pgd":
-        overrides += ["attack.steps=3"] if option == "pgd" else []
-        overrides += ["defense.attack.steps=2"] if option == "adversarial" else []
+    if group == "attack":
+        overrides += TINY_ATTACK.get(option, [])
+    if (group, option) == ("defense", "adversarial"):
+        overrides += ["defense.attack.steps=2"]
     cfg = make_cfg(*overrides)
     out = tmp_path / "run"
     metrics = experiment.run(cfg, out)

@@ -45,7 +45,7 @@ class PGD(Attack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require_int("steps", self.steps, minimum=1)
+        self._check_steps()
         require_int("restarts", self.restarts, minimum=1)
         if self.step_size is not None:
             require_positive("step_size", self.step_size, hint=" (or null for step_scale * eps / steps)")
@@ -56,15 +56,30 @@ class PGD(Attack):
             if not isinstance(getattr(self, field), bool):
                 raise InvalidValue(field, f"must be true or false, got {getattr(self, field)!r}")
 
+    def _check_steps(self) -> None:
+        require_int("steps", self.steps, minimum=1)
+
+    @property
+    def iterations(self) -> int:
+        """The number of steps taken at this budget."""
+        return self.steps
+
     @property
     def alpha(self) -> float:
         """The step size actually used."""
-        return self.step_size if self.step_size is not None else self.step_scale * self.eps / self.steps
+        return self.step_size if self.step_size is not None else self.step_scale * self.eps / self.iterations
 
-    def _direction(self, grad: torch.Tensor, x_adv: torch.Tensor, bounds: Bounds) -> torch.Tensor:
+    def _initial_state(self, x0: torch.Tensor) -> torch.Tensor | None:
+        """Per-sample state carried from step to step (e.g. a momentum); PGD has none."""
+        return None
+
+    def _direction(
+        self, grad: torch.Tensor, x_adv: torch.Tensor, bounds: Bounds, state: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The step direction (unit norm) from the gradient, and the updated state."""
         if self.norm == 1.0:
-            return sparse_l1_direction(grad, x_adv, bounds, self.l1_sparsity)
-        return steepest_direction(grad, self.norm)
+            return sparse_l1_direction(grad, x_adv, bounds, self.l1_sparsity), state
+        return steepest_direction(grad, self.norm), state
 
     def perturb(
         self, model: nn.Module, x: torch.Tensor, goal: Goal, bounds: Bounds
@@ -98,7 +113,8 @@ class PGD(Attack):
             x0 = x[index]
             start = random_in_ball(x0, self.eps, self.norm) if self.random_start else torch.zeros_like(x0)
             x_adv = (x0 + start).clamp(lo, hi)
-            for _ in range(self.steps):
+            state = self._initial_state(x0)
+            for _ in range(self.iterations):
                 x_adv.requires_grad_(True)
                 logits = model(x_adv)
                 (grad,) = torch.autograd.grad(goal.subset(index).loss(logits).sum(), x_adv)
@@ -106,9 +122,11 @@ class PGD(Attack):
                 if self.keep_best:
                     active = ~record(index, x_adv, logits.detach())  # fooled samples are done
                     index, x0, x_adv, grad = index[active], x0[active], x_adv[active], grad[active]
+                    state = None if state is None else state[active]
                     if len(index) == 0:
                         break
-                x_adv = x_adv + self.alpha * self._direction(grad, x_adv, bounds)
+                direction, state = self._direction(grad, x_adv, bounds, state)
+                x_adv = x_adv + self.alpha * direction
                 x_adv = (x0 + project(x_adv - x0, self.eps, self.norm)).clamp(lo, hi)
             if len(index):
                 with torch.no_grad():
