@@ -43,3 +43,9 @@ def require_positive(field: str, value: object, hint: str = "") -> None:
     """Raise :class:`InvalidValue` unless ``value`` is a finite number ``> 0``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
         raise InvalidValue(field, f"must be a finite number > 0{hint}, got {value!r}")
+
+
+def require_non_negative(field: str, value: object) -> None:
+    """Raise :class:`InvalidValue` unless ``value`` is a finite number ``>= 0``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise InvalidValue(field, f"must be a finite number >= 0, got {value!r}")

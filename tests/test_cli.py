@@ -60,6 +60,7 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
     (["train.batch_size=0"], "train.batch_size"),
     (["attack.norm=7"], "attack.norm"),
     (["dataset=mnist", "dataset.root=NOWHERE", "dataset.download=false"], "dataset.root"),
+    (["attack=linear_exact"], "attack._target_"),  # exact for affine models only; the default is an MLP
 ])
 def test_invalid_input_is_one_line_exit_2_no_results(tmp_path, overrides, key):
     out = tmp_path / "run"

@@ -16,6 +16,10 @@ TINY_ATTACK = {
     "mifgsm": ["attack.steps=3"],
     "spatial": ["attack.rotations=3", "attack.translations=3"],
     "patch": ["attack.train_steps=5"],
+    "deepfool": ["attack.steps=10"],
+    "cw": ["attack.steps=10", "attack.binary_steps=3"],
+    "lbfgs": ["attack.steps=10", "attack.binary_steps=3"],
+    "linear_exact": ["model=logreg"],  # an exact attack on affine models only
 }
 
 OPTIONS = [(group, option) for group, options in groups().items() for option in options]

@@ -1,6 +1,5 @@
 """MNIST from ../shared/data (skipped when that folder is absent)."""
 
-import pytest
 
 from advrun import experiment
 

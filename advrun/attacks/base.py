@@ -70,6 +70,13 @@ class Goal:
         ce = F.cross_entropy(logits, self.labels, reduction="none")
         return -ce if self.targeted else ce
 
+    def margin(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-sample logit margin towards the goal, > 0 exactly when the goal is reached:
+        ``Z_t - max_{j != t} Z_j`` (targeted), ``max_{j != y} Z_j - Z_y`` (untargeted)."""
+        own = logits.gather(1, self.labels[:, None]).squeeze(1)
+        other = logits.scatter(1, self.labels[:, None], -math.inf).amax(dim=1)
+        return own - other if self.targeted else other - own
+
     def subset(self, index: torch.Tensor) -> "Goal":
         return Goal(self.labels[index], self.targeted)
 
@@ -217,6 +224,15 @@ class Attack:
             if logits is None or not torch.isfinite(logits).all():
                 with torch.no_grad():
                     logits = model(x_adv)
+            if self.minimum_norm:
+                # Where a minimum-norm attack failed, it returns x itself (never another point).
+                # Checked on the batch the evaluation classifies: a point found in a smaller
+                # batch can round to the other side of the boundary in this one.
+                failed = ~goal.reached(logits)
+                if failed.any():
+                    x_adv = torch.where(failed.view((-1,) + (1,) * (x.dim() - 1)), x, x_adv)
+                    with torch.no_grad():
+                        logits = torch.where(failed[:, None], model(x), logits)
         return AttackResult(
             x_adv=x_adv,
             success=goal.reached(logits),
