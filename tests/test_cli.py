@@ -13,6 +13,7 @@ from advrun.data import load_dataset
 from tests.conftest import TINY, groups, run_cli
 
 FAST = [*TINY, "attack.steps=2", "eval.epsilons=[0,0.1]"]
+SETTINGS_ONLY = [*TINY, "eval.epsilons=[0,0.1]"]  # for runs that must stop before any attack
 
 
 def test_single_run_writes_every_output_and_reloads(tmp_path):
@@ -64,7 +65,7 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
 ])
 def test_invalid_input_is_one_line_exit_2_no_results(tmp_path, overrides, key):
     out = tmp_path / "run"
-    proc = run_cli(*FAST, *overrides, f"hydra.run.dir={out}", cwd=tmp_path)
+    proc = run_cli(*SETTINGS_ONLY, *overrides, f"hydra.run.dir={out}", cwd=tmp_path)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
