@@ -48,7 +48,8 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
     except InstantiationException as e:
         cause = e.__cause__
         found = re.search(r"full_key: (\S+)", str(e))
-        where = found.group(1) if found else key
+        # Hydra names list items without a dot ("attack.attacks1"): write them as "attack.attacks.1"
+        where = re.sub(r"(?<=[A-Za-z_])(\d+)(?=\.|$)", r".\1", found.group(1)) if found else key
         if isinstance(cause, InvalidValue):
             raise ConfigError(f"{where}.{cause.field}", cause.message) from None
         if isinstance(cause, (ValueError, TypeError)):

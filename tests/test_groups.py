@@ -20,9 +20,17 @@ TINY_ATTACK = {
     "cw": ["attack.steps=10", "attack.binary_steps=3"],
     "lbfgs": ["attack.steps=10", "attack.binary_steps=3"],
     "linear_exact": ["model=logreg"],  # an exact attack on affine models only
+    "apgd": ["attack.n_iter=5"],
+    "square": ["attack.n_queries=20"],
+    "ensemble": ["attack.attacks.0.n_iter=3", "attack.attacks.1.n_iter=3", "attack.attacks.1.n_target_classes=2",
+                 "attack.attacks.2.n_queries=20"],
 }
 
 OPTIONS = [(group, option) for group, options in groups().items() for option in options]
+
+
+def test_every_attack_has_tiny_settings():
+    assert set(groups()["attack"]) - {"none", "fgsm", "fgm"} == set(TINY_ATTACK)
 
 
 def test_the_groups_hold_the_documented_options():

@@ -53,6 +53,11 @@ class AttackResult:
     targets: torch.Tensor | None = None
 
 
+def largest_other_logit(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per sample, ``max_{i != label} z_i``."""
+    return logits.scatter(1, labels[:, None], -torch.inf).amax(dim=1)
+
+
 @dataclass
 class Goal:
     """What an attack tries to reach on a batch: leave ``labels`` (untargeted) or reach them (targeted)."""
@@ -74,7 +79,7 @@ class Goal:
         """Per-sample logit margin towards the goal, > 0 exactly when the goal is reached:
         ``Z_t - max_{j != t} Z_j`` (targeted), ``max_{j != y} Z_j - Z_y`` (untargeted)."""
         own = logits.gather(1, self.labels[:, None]).squeeze(1)
-        other = logits.scatter(1, self.labels[:, None], -math.inf).amax(dim=1)
+        other = largest_other_logit(logits, self.labels)
         return own - other if self.targeted else other - own
 
     def subset(self, index: torch.Tensor) -> "Goal":
@@ -200,6 +205,40 @@ class Attack:
         """
         raise NotImplementedError
 
+    def goal_for(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Goal:
+        """The goal on a batch: leave the labels ``y``, or reach the targets this attack picks."""
+        if self.target is None:
+            return Goal(y)
+        with torch.no_grad():
+            return Goal(choose_targets(self.target, model(x), y), targeted=True)
+
+    def run(self, model: nn.Module, x: torch.Tensor, goal: Goal, bounds: Bounds) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`perturb` plus the contract: the output checked (finite, in bounds, within the
+        budget), a minimum-norm attack's failures reverted to ``x``; returns the adversarial
+        inputs and the model's logits at them. The model must be in eval mode."""
+        budget = math.inf if self.minimum_norm or not self.lp_bounded else self.eps
+        if budget == 0 or len(x) == 0:
+            x_adv, logits = x.clone(), None
+        else:
+            with torch.enable_grad():
+                x_adv = self.perturb(model, x, goal, bounds)
+            x_adv, logits = x_adv if isinstance(x_adv, tuple) else (x_adv, None)
+            x_adv = x_adv.detach()
+        check_adversarial(x, x_adv, budget, self.norm, bounds, attack=self.label)
+        if logits is None or not torch.isfinite(logits).all():
+            with torch.no_grad():
+                logits = model(x_adv)
+        if self.minimum_norm:
+            # Where a minimum-norm attack failed, it returns x itself (never another point).
+            # Checked on the batch the evaluation classifies: a point found in a smaller
+            # batch can round to the other side of the boundary in this one.
+            failed = ~goal.reached(logits)
+            if failed.any():
+                x_adv = torch.where(failed.view((-1,) + (1,) * (x.dim() - 1)), x, x_adv)
+                with torch.no_grad():
+                    logits = torch.where(failed[:, None], model(x), logits)
+        return x_adv, logits.detach()
+
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, bounds: Bounds = (0.0, 1.0)
     ) -> AttackResult:
@@ -207,39 +246,48 @@ class Attack:
         x = x.detach()
         y = y.detach()
         with eval_mode(model):
-            targets = None
-            if self.target is not None:
-                with torch.no_grad():
-                    targets = choose_targets(self.target, model(x), y)
-            goal = Goal(targets, targeted=True) if targets is not None else Goal(y)
-            budget = math.inf if self.minimum_norm or not self.lp_bounded else self.eps
-            if budget == 0 or len(x) == 0:
-                x_adv = x.clone()
-            else:
-                with torch.enable_grad():
-                    x_adv = self.perturb(model, x, goal, bounds)
-            x_adv, logits = x_adv if isinstance(x_adv, tuple) else (x_adv, None)
-            x_adv = x_adv.detach()
-            check_adversarial(x, x_adv, budget, self.norm, bounds, attack=self.label)
-            if logits is None or not torch.isfinite(logits).all():
-                with torch.no_grad():
-                    logits = model(x_adv)
-            if self.minimum_norm:
-                # Where a minimum-norm attack failed, it returns x itself (never another point).
-                # Checked on the batch the evaluation classifies: a point found in a smaller
-                # batch can round to the other side of the boundary in this one.
-                failed = ~goal.reached(logits)
-                if failed.any():
-                    x_adv = torch.where(failed.view((-1,) + (1,) * (x.dim() - 1)), x, x_adv)
-                    with torch.no_grad():
-                        logits = torch.where(failed[:, None], model(x), logits)
+            goal = self.goal_for(model, x, y)
+            x_adv, logits = self.run(model, x, goal, bounds)
         return AttackResult(
             x_adv=x_adv,
             success=goal.reached(logits),
             norms=lp_norm(x_adv - x, self.norm),
             predictions=logits.argmax(dim=1),
-            targets=targets,
+            targets=goal.labels if goal.targeted else None,
         )
+
+
+class WorstCase:
+    """Per sample of a batch, the point an attack returns: the first point offered that reaches
+    the goal, else the one with the highest loss (the clean input until a point is offered),
+    with the model's logits there (NaN until a point is offered)."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x.detach().clone()
+        self.loss = torch.full((len(x),), -torch.inf, device=x.device, dtype=x.dtype)
+        self.reached = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        self.logits: torch.Tensor | None = None
+
+    def update(
+        self, rows: torch.Tensor, x: torch.Tensor, loss: torch.Tensor, reached: torch.Tensor, logits: torch.Tensor
+    ) -> None:
+        """Offer points ``x`` (losses, goal reached, logits) for the samples ``rows`` of the batch."""
+        if self.logits is None:
+            self.logits = torch.full((len(self.x), logits.shape[1]), torch.nan, device=logits.device, dtype=logits.dtype)
+        better = ~self.reached[rows] & (reached | (loss > self.loss[rows]))
+        index = rows[better]
+        self.x[index] = x[better].detach()
+        self.loss[index] = loss[better].detach()
+        self.reached[index] = reached[better]
+        self.logits[index] = logits[better].detach()
+
+    def unreached(self) -> torch.Tensor:
+        """Rows whose goal no point has reached yet."""
+        return (~self.reached).nonzero().squeeze(1)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(points, logits)`` as :meth:`Attack.perturb` may return them."""
+        return self.x, self.logits
 
 
 def check_adversarial(

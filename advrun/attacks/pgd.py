@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from advrun.attacks.base import Attack, Bounds, Goal
+from advrun.attacks.base import Attack, Bounds, Goal, WorstCase
 from advrun.attacks.norms import project, random_in_ball, sparse_l1_direction, steepest_direction
 from advrun.errors import InvalidValue, require_int, require_positive
 
@@ -25,8 +25,9 @@ class PGD(Attack):
     With ``keep_best`` (default) the worst case per sample over all restarts and iterates is
     kept: the first iterate that reaches the goal (misclassified, or classified as the
     target), else the one with the highest loss; a sample that reaches the goal is not
-    attacked further.  ``keep_best=false`` returns each restart's last iterate, as Madry et
-    al.'s code does (a restart that reached the goal still wins over later ones).
+    attacked further.  ``keep_best=false`` returns the last iterate, as Madry et
+    al.'s code does (with several restarts: the last iterate of the first restart that
+    reached the goal, else of the restart with the highest final loss).
 
     In the L1 norm each step moves the largest ``1 - l1_sparsity`` share of the gradient's
     coordinates (sparse L1 descent, Tramer & Boneh 2019): the exact steepest L1 step moves
@@ -85,50 +86,35 @@ class PGD(Attack):
         self, model: nn.Module, x: torch.Tensor, goal: Goal, bounds: Bounds
     ) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = bounds
-        best_x = x.clone()
-        best_logits: torch.Tensor | None = None
-        best_loss = torch.full((len(x),), -torch.inf, device=x.device)
-        best_fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-
-        def record(index: torch.Tensor, x_adv: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-            """Keep, per sample, the iterate to return; return which of these iterates reach the goal."""
-            nonlocal best_logits
-            if best_logits is None:
-                best_logits = torch.full((len(x), logits.shape[1]), torch.nan, device=x.device)
-            losses, fooled = goal.subset(index).loss(logits), goal.subset(index).reached(logits)
-            better = ~best_fooled[index]
-            if self.keep_best:
-                better &= fooled | (losses > best_loss[index])
-            chosen = index[better]
-            best_x[chosen] = x_adv[better]
-            best_logits[chosen] = logits[better]
-            best_loss[chosen] = losses[better]
-            best_fooled[chosen] = fooled[better]
-            return fooled
-
+        worst = WorstCase(x)
         for _ in range(self.restarts):
-            index = (~best_fooled).nonzero().squeeze(1)  # later restarts attack the survivors only
+            index = worst.unreached()  # later restarts attack the survivors only
             if len(index) == 0:
                 break
-            x0 = x[index]
+            x0, goal_t = x[index], goal.subset(index)
             start = random_in_ball(x0, self.eps, self.norm) if self.random_start else torch.zeros_like(x0)
             x_adv = (x0 + start).clamp(lo, hi)
             state = self._initial_state(x0)
             for _ in range(self.iterations):
                 x_adv.requires_grad_(True)
                 logits = model(x_adv)
-                (grad,) = torch.autograd.grad(goal.subset(index).loss(logits).sum(), x_adv)
-                x_adv = x_adv.detach()
+                losses = goal_t.loss(logits)
+                (grad,) = torch.autograd.grad(losses.sum(), x_adv)
+                x_adv, logits, losses = x_adv.detach(), logits.detach(), losses.detach()
                 if self.keep_best:
-                    active = ~record(index, x_adv, logits.detach())  # fooled samples are done
-                    index, x0, x_adv, grad = index[active], x0[active], x_adv[active], grad[active]
-                    state = None if state is None else state[active]
-                    if len(index) == 0:
-                        break
+                    reached = goal_t.reached(logits)
+                    worst.update(index, x_adv, losses, reached, logits)
+                    if reached.any():  # samples that reached the goal are done
+                        active = ~reached
+                        index, x0, x_adv, grad, goal_t = index[active], x0[active], x_adv[active], grad[active], goal_t.subset(active)
+                        state = None if state is None else state[active]
+                        if len(index) == 0:
+                            break
                 direction, state = self._direction(grad, x_adv, bounds, state)
                 x_adv = x_adv + self.alpha * direction
                 x_adv = (x0 + project(x_adv - x0, self.eps, self.norm)).clamp(lo, hi)
             if len(index):
                 with torch.no_grad():
-                    record(index, x_adv, model(x_adv))
-        return best_x, best_logits
+                    logits = model(x_adv)
+                worst.update(index, x_adv, goal_t.loss(logits), goal_t.reached(logits), logits)
+        return worst.result()

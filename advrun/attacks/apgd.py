@@ -1,0 +1,212 @@
+"""Auto-PGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble
+of diverse parameter-free attacks", Algorithm 1): PGD with momentum whose step size halves at
+fixed checkpoints when progress stalls, restarting from the best point found. Losses:
+cross-entropy, the difference of logits ratio (DLR, eq. 7) and its targeted form (DLR-T, eq. 8).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from advrun.attacks.base import Attack, Bounds, Goal, WorstCase, largest_other_logit
+from advrun.attacks.norms import norm_name, project, random_in_ball, steepest_direction
+from advrun.errors import InvalidValue, require_int
+
+LOSSES = ("ce", "dlr", "dlr_targeted")
+#: Momentum weight alpha and the fraction rho of loss increases between checkpoints (Sect. 3.1).
+MOMENTUM = 0.75
+RHO = 0.75
+
+
+def checkpoints(n_iter: int) -> list[int]:
+    """The iterations ``w_j = ceil(p_j * n_iter)`` at which APGD may halve its step, for
+    ``p_0 = 0``, ``p_1 = 0.22``, ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)`` while
+    ``p_j <= 1`` (duplicates, possible for small ``n_iter``, appear once). Computed in
+    hundredths so that no rounding error moves a ceiling."""
+    previous, current = 0, 22
+    points = [0]
+    while current <= 100:
+        points.append(-(-current * n_iter // 100))
+        previous, current = current, current + max(current - previous - 3, 6)
+    return sorted(set(points))
+
+
+def dlr_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 7: ``DLR(z, y) = -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3)``, ``z_pi`` the logits
+    sorted in decreasing order (shift- and scale-invariant; needs >= 3 classes)."""
+    ranked = logits.sort(dim=1, descending=True).values
+    z_y = logits.gather(1, labels[:, None]).squeeze(1)
+    return -(z_y - largest_other_logit(logits, labels)) / (ranked[:, 0] - ranked[:, 2] + 1e-12)
+
+
+def dlr_targeted_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Eq. 8: ``DLR-T(z, y, t) = -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)`` (needs >= 4 classes)."""
+    ranked = logits.sort(dim=1, descending=True).values
+    z_y = logits.gather(1, labels[:, None]).squeeze(1)
+    z_t = logits.gather(1, targets[:, None]).squeeze(1)
+    return -(z_y - z_t) / (ranked[:, 0] - (ranked[:, 2] + ranked[:, 3]) / 2 + 1e-12)
+
+
+@dataclass
+class APGD(Attack):
+    """APGD in the Linf or L2 norm (Algorithm 1), with ``n_iter`` gradient steps per run.
+
+    Each run starts at a uniform point of the ball with step ``eta = 2 eps``; the step is
+    ``x_{k+1} = P(x_k + alpha (z_{k+1} - x_k) + (1 - alpha)(x_k - x_{k-1}))`` with
+    ``z_{k+1} = P(x_k + eta * direction(grad))`` (sign for Linf, normalised gradient for L2),
+    ``alpha = 0.75`` (plain step at k = 0) and ``P`` the projection onto the ball and the bounds.
+    At each checkpoint ``w_j`` (:func:`checkpoints`) a sample halves its step and restarts
+    from its best point when (1) its loss increased in fewer than ``rho = 0.75`` of the steps
+    since ``w_{j-1}``, or (2) its step was not halved at ``w_{j-1}`` and its best loss has
+    not grown since.
+
+    ``loss``: ``ce``; ``dlr`` (eq. 7); ``dlr_targeted`` (DLR-T, eq. 8). With ``target`` set
+    the attack is targeted: ``ce`` descends the target's cross-entropy, both DLR losses use
+    DLR-T with the target ``t`` and, in place of the true label (which a targeted goal does not
+    carry), the largest other logit ``max_{i != t} z_i``.
+
+    AutoAttack's APGD-T is ``loss: dlr_targeted`` with ``target: null``: the goal stays
+    untargeted (any wrong class counts), and for each of the ``n_target_classes`` classes
+    most likely at the clean input other than the label (at most K - 1) one run of DLR-T
+    toward that class (eq. 8 with the true label) is made on the samples still unfooled.
+
+    Per sample the worst case over all runs and iterates is returned: the first point that
+    reaches the goal (its attack then stops), else the point with the highest loss.
+    """
+
+    name = "apgd"
+    norms: ClassVar[tuple[float, ...]] = (math.inf, 2.0)
+
+    loss: str = "ce"
+    n_iter: int = 100
+    n_restarts: int = 1
+    n_target_classes: int = 9
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.loss not in LOSSES:
+            raise InvalidValue("loss", f"unknown loss {self.loss!r}; choose one of {list(LOSSES)}")
+        require_int("n_iter", self.n_iter, minimum=1)
+        require_int("n_restarts", self.n_restarts, minimum=1)
+        require_int("n_target_classes", self.n_target_classes, minimum=1)
+
+    @property
+    def label(self) -> str:
+        variant = {"ce": "ce", "dlr": "dlr", "dlr_targeted": "t"}[self.loss]
+        return f"apgd-{variant}-{norm_name(self.norm)}"
+
+    def check_classes(self, num_classes: int) -> None:
+        super().check_classes(num_classes)
+        if self.loss == "ce":
+            return
+        targeted = self.loss == "dlr_targeted" or self.target is not None
+        needed = 4 if targeted else 3
+        if num_classes < needed:
+            form = "DLR-T (eq. 8) uses the 3rd and 4th largest logits" if targeted else "DLR (eq. 7) uses the 3rd largest logit"
+            raise InvalidValue("loss", f"{form} and needs >= {needed} classes, not {num_classes}; use loss ce")
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, goal: Goal, bounds: Bounds) -> tuple[torch.Tensor, torch.Tensor]:
+        worst = WorstCase(x)
+        for targets in self._target_columns(model, x, goal):
+            for _ in range(self.n_restarts):
+                rows = worst.unreached()
+                if len(rows) == 0:
+                    return worst.result()
+                subset_targets = None if targets is None else targets[rows]
+                run = self._run(model, x[rows], goal.subset(rows), subset_targets, bounds)
+                worst.update(rows, run.x, run.loss, run.reached, run.logits)
+        return worst.result()
+
+    def _target_columns(self, model: nn.Module, x: torch.Tensor, goal: Goal) -> list[torch.Tensor | None]:
+        """``[None]``, or for APGD-T one tensor of target classes per rank 1..k."""
+        if self.loss != "dlr_targeted" or goal.targeted:
+            return [None]
+        with torch.no_grad():
+            logits = model(x)
+        k = min(self.n_target_classes, logits.shape[1] - 1)
+        ranking = logits.scatter(1, goal.labels[:, None], -torch.inf).argsort(dim=1, descending=True)
+        return list(ranking[:, :k].T)
+
+    def _objective(self, logits: torch.Tensor, goal: Goal, targets: torch.Tensor | None) -> torch.Tensor:
+        """Per-sample loss to maximise."""
+        if self.loss == "ce":
+            return goal.loss(logits)
+        if goal.targeted:
+            runner_up = logits.detach().scatter(1, goal.labels[:, None], -torch.inf).argmax(dim=1)
+            return dlr_targeted_loss(logits, runner_up, goal.labels)
+        if targets is not None:
+            return dlr_targeted_loss(logits, goal.labels, targets)
+        return dlr_loss(logits, goal.labels)
+
+    def _into_set(self, x: torch.Tensor, point: torch.Tensor, bounds: Bounds) -> torch.Tensor:
+        return (x + project(point - x, self.eps, self.norm)).clamp(*bounds)
+
+    def _run(
+        self, model: nn.Module, x: torch.Tensor, goal: Goal, targets: torch.Tensor | None, bounds: Bounds
+    ) -> WorstCase:
+        """One run of Algorithm 1 from a random start: the per-sample worst case for the rows of ``x``.
+
+        Samples that reach the goal leave the run (their trajectories are independent of the
+        others), so all state below holds the rows ``rows`` still being attacked."""
+        result = WorstCase(x)
+        rows = torch.arange(len(x), device=x.device)
+        origin = x
+        x_k = self._into_set(x, x + random_in_ball(x, self.eps, self.norm), bounds)
+        x_prev = x_k
+        step = torch.full((len(x),), 2 * self.eps, device=x.device, dtype=x.dtype)
+        x_max, grad_max = x_k.clone(), torch.zeros_like(x)
+        f_max = torch.full((len(x),), -torch.inf, device=x.device, dtype=x.dtype)
+        f_prev, increases = f_max.clone(), torch.zeros(len(x), device=x.device)
+        f_max_at_check, halved_at_check = f_max.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        schedule, last_check = set(checkpoints(self.n_iter)), 0
+        shape = (-1,) + (1,) * (x.dim() - 1)
+
+        for k in range(self.n_iter + 1):
+            x_k = x_k.detach().requires_grad_(k < self.n_iter)
+            logits = model(x_k)
+            f = self._objective(logits, goal, targets)
+            grad = torch.autograd.grad(f.sum(), x_k)[0] if k < self.n_iter else None
+            x_k, f, logits = x_k.detach(), f.detach(), logits.detach()
+            reached = goal.reached(logits)
+            result.update(rows, x_k, f, reached, logits)
+            if k == self.n_iter:
+                break
+            improved = f > f_max
+            x_max[improved], grad_max[improved], f_max[improved] = x_k[improved], grad[improved], f[improved]
+            increases += (f > f_prev).float()
+            f_prev = f
+
+            if reached.any():  # fooled samples leave the run with their first successful point
+                keep = ~reached
+                if not keep.any():
+                    break
+                rows, origin, goal = rows[keep], origin[keep], goal.subset(keep)
+                targets = None if targets is None else targets[keep]
+                x_k, x_prev, grad, step = x_k[keep], x_prev[keep], grad[keep], step[keep]
+                x_max, grad_max, f_max, f_prev, increases = (
+                    x_max[keep], grad_max[keep], f_max[keep], f_prev[keep], increases[keep]
+                )
+                f_max_at_check, halved_at_check = f_max_at_check[keep], halved_at_check[keep]
+
+            if k in schedule:
+                if k > 0:
+                    stalled = increases < RHO * (k - last_check)
+                    stuck = ~halved_at_check & (f_max <= f_max_at_check)
+                    halve = stalled | stuck
+                    step = torch.where(halve, step / 2, step)
+                    x_k = torch.where(halve.view(shape), x_max, x_k)
+                    grad = torch.where(halve.view(shape), grad_max, grad)
+                    f_prev = torch.where(halve, f_max, f_prev)
+                    halved_at_check = halve
+                f_max_at_check, increases, last_check = f_max.clone(), torch.zeros_like(increases), k
+
+            z = self._into_set(origin, x_k + step.view(shape) * steepest_direction(grad, self.norm), bounds)
+            if k > 0:
+                z = self._into_set(origin, x_k + MOMENTUM * (z - x_k) + (1 - MOMENTUM) * (x_k - x_prev), bounds)
+            x_prev, x_k = x_k, z
+        return result
