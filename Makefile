@@ -32,6 +32,7 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_runner.py
+	$(BIN)/python benchmarks/bench_attacks.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -49,7 +49,7 @@ def make_cfg():
     return _compose
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "MNIST" / "raw" / "t10k-images-idx3-ubyte").is_file():
         pytest.skip(f"real MNIST not available: {SHARED_DATA} is absent (it sits beside the checkout)")
@@ -64,6 +64,16 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) 
         [sys.executable, "-m", "advrun", *args], cwd=cwd, env=full_env, capture_output=True, text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny models: a second thread only adds contention
+    on a busy 2-core machine (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -12,13 +12,7 @@ from advrun.attacks import CW, DeepFool
 TOLERANCE = 1.05
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These models are tiny: a second intra-op thread only adds contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fooled_and_norms(model, x, y, x_adv, p=2.0):
