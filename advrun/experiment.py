@@ -122,6 +122,10 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     model = build_model(cfg.model, data).to(device)
     optimizer = build(cfg.optimizer, "optimizer", params=model.parameters())
     defense = build(cfg.defense, "defense", bounds=data.bounds)
+    try:
+        defense.check_model(model, data.shape)
+    except InvalidValue as e:
+        raise ConfigError(f"defense.{e.field}", e.message) from None
     attack, epsilons = build_attack(cfg, data, model)
     t_data = time.perf_counter()
     title = f"{data.name} / {_describe(model)} / defense {_describe(defense)}"

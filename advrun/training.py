@@ -1,4 +1,8 @@
-"""The training loop: minibatch steps on the defense's loss, one log line per epoch."""
+"""The training loop: minibatch steps on the defense's loss, one log line per epoch.
+
+After each epoch the loop calls the defense's ``end_of_epoch(model, epoch)`` when it has one;
+``"stop"`` ends training there (the defense leaves the model it wants kept, e.g. the weights
+of an earlier epoch), and that epoch's row describes the model returned."""
 
 from __future__ import annotations
 
@@ -50,6 +54,7 @@ def train(
     generator: torch.Generator,
 ) -> pd.DataFrame:
     """Train ``model`` in place; return one row per epoch (mean loss, train and test accuracy)."""
+    end_of_epoch = getattr(defense, "end_of_epoch", None)
     rows = []
     n = len(x_train)
     steps = math.ceil(n / batch_size)
@@ -71,6 +76,7 @@ def train(
                 total += loss.item() * len(index)
                 count += len(index)
                 bar.advance(task)
+            stop = end_of_epoch is not None and end_of_epoch(model, epoch) == "stop"
             row = {
                 "epoch": epoch,
                 "loss": total / count,
@@ -84,5 +90,8 @@ def train(
                 "epoch %d/%d  loss %.4f  train acc %.2f%%  test acc %.2f%%",
                 epoch, epochs, row["loss"], 100 * row["train_accuracy"], 100 * row["test_accuracy"],
             )
+            if stop:
+                log.info("training stopped after epoch %d of %d at the defense's request", epoch, epochs)
+                break
     model.eval()
     return pd.DataFrame(rows)

@@ -213,9 +213,9 @@ def measure(entry: Entry, model, x, y, repeats: int) -> dict:
         return x_adv, predictions
 
     entry.run(x[:20], y[:20])  # warm-up
-    times, x_adv = [], None
+    times, x_adv, loads = [], None, []
     for i in range(repeats):
-        wait_until_idle()
+        loads.append(wait_until_idle())
         torch.manual_seed(0)
         start = time.perf_counter()
         x_adv, _ = call()
@@ -236,6 +236,7 @@ def measure(entry: Entry, model, x, y, repeats: int) -> dict:
         "success_rate": float(fooled.sum() / clean.sum()),
         "median_norm": float(norms.median()) if len(norms) else math.nan,
         "ms_per_iteration": 1000 * median / entry.iterations if entry.iterations else None,
+        "load": max(loads),
     }
 
 
@@ -281,8 +282,8 @@ def main() -> None:
         "number of Adam steps).",
         "",
         "| attack | library | settings | images | images/s | speed relative to advrun | robust accuracy | "
-        "success rate | median norm of successes | ms per iteration (batch) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "success rate | median norm of successes | ms per iteration (batch) | load before |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for entry, result in results:
         ours = next((r for e, r in results if e.attack == entry.attack and e.library == "advrun"), None)
@@ -292,7 +293,7 @@ def main() -> None:
         lines.append(
             f"| {entry.attack} | {entry.library} | {entry.settings} | {result['n']} | {result['images_per_s']:,.0f} | "
             f"{ratio:.2f} | {robust} | {100 * result['success_rate']:.1f}% | {result['median_norm']:.4f} | "
-            f"{per_iteration} |"
+            f"{per_iteration} | {result['load']:.2f} |"
         )
     lines += [
         "",

@@ -91,6 +91,8 @@ def test_a_finished_run_is_never_overwritten(make_cfg, tmp_path):
     ("model.activation=swish", "model.activation"),
     ("defense=adversarial defense.alpha=2", "defense.alpha"),
     ("defense=adversarial defense.attack.steps=0", "defense.attack.steps"),
+    ("defense=linear_robust", "defense._target_"),
+    ("defense=cross_lipschitz defense.form=closed model.hidden=[8,8]", "defense.form"),
     ("device=tpu", "device"),
     ("seed=-1", "seed"),
 ])

@@ -26,6 +26,15 @@ TINY_ATTACK = {
                  "attack.attacks.2.n_queries=20"],
 }
 
+#: Per defense, the overrides that make it train in about a second.
+TINY_DEFENSE = {
+    "adversarial": ["defense.attack.steps=2"],
+    "trades": ["defense.steps=2"],
+    "fast_at": ["defense.check_steps=2"],
+    "linear_robust": ["model=logreg"],  # exact for affine models only
+    "cross_lipschitz": ["model.hidden=[32]"],  # one hidden layer: the closed form
+}
+
 OPTIONS = [(group, option) for group, options in groups().items() for option in options]
 
 
@@ -39,7 +48,7 @@ def test_the_groups_hold_the_documented_options():
     assert {"logreg", "mlp", "cnn", "wong_mnist"} <= set(found["model"])
     assert {"sgd", "adam"} <= set(found["optimizer"])
     assert {"none", "fgsm", "pgd"} <= set(found["attack"])
-    assert {"none", "adversarial"} <= set(found["defense"])
+    assert {"none", "adversarial", "trades", "fast_at", "linear_robust", "cross_lipschitz"} <= set(found["defense"])
 
 
 @pytest.fixture
@@ -76,8 +85,8 @@ def test_option_composes_and_runs(group, option, make_cfg, tmp_path, request):
         overrides += ["dataset=mnist", *_data_overrides("mnist", tmp_path, request)]
     if group == "attack":
         overrides += TINY_ATTACK.get(option, [])
-    if (group, option) == ("defense", "adversarial"):
-        overrides += ["defense.attack.steps=2"]
+    if group == "defense":
+        overrides += TINY_DEFENSE.get(option, [])
     cfg = make_cfg(*overrides)
     out = tmp_path / "run"
     metrics = experiment.run(cfg, out)
