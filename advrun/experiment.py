@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -14,18 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from advrun import io
+from advrun import certify, io
 from advrun.attacks.base import Attack
 from advrun.attacks.norms import norm_name, parse_norm
 from advrun.config import build, epsilons_from, resolve_device, to_container, validate_run
 from advrun.console import results
 from advrun.data import Dataset, load_dataset
 from advrun.errors import AdvrunError, ConfigError, InvalidValue
-from advrun.evaluation import robustness_curve
+from advrun.evaluation import CURVE_COLUMNS, robustness_curve
 from advrun.models import Classifier
 from advrun.reporting import plots
 from advrun.reporting.tables import summary_table
@@ -88,6 +90,43 @@ def build_attack(cfg: DictConfig, data: Dataset, model: nn.Module) -> tuple[Atta
     return attack, epsilons_from(list(grid) + [attack.eps], "eval.epsilons")
 
 
+def certification_norm(cfg: DictConfig, data: Dataset, model: nn.Module, attack: Attack | None) -> float | None:
+    """The norm in which to certify the trained model, or None.
+
+    ``eval.certify: auto`` certifies where :mod:`advrun.certify` has a guarantee for the model
+    (linear models, one-hidden-layer networks with smooth activations), ``true`` requires it
+    (an error before training otherwise), ``false`` never certifies. The norm is the attack's.
+    """
+    mode = cfg.eval.get("certify", "auto")
+    if mode not in ("auto", True, False):
+        raise ConfigError("eval.certify", f"must be auto, true or false, got {mode!r}")
+    if mode is False or attack is None or not attack.lp_bounded:
+        if mode is True:
+            raise ConfigError("eval.certify", "certification needs an Lp attack (its norm is the budget's norm)")
+        return None
+    if mode == "auto":
+        return attack.norm if certify.supports(model, attack.norm, data.shape) else None
+    try:
+        certify.check_certifiable(model, attack.norm, data.shape)
+    except InvalidValue as e:
+        raise ConfigError(f"model.{e.field}", f"{e.message} (eval.certify=true)") from None
+    return attack.norm
+
+
+def certified_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: float, epsilons) -> pd.DataFrame:
+    """Rows of the curve for the certified accuracy (a lower bound on robust accuracy; same denominator)."""
+    start = time.perf_counter()
+    radii = certify.certified_radii(model, x, y, norm)
+    accuracies = certify.certified_accuracy(radii, epsilons)
+    seconds = time.perf_counter() - start
+    proven = radii[radii > 0]
+    return pd.DataFrame([{
+        "attack": "certified", "norm": norm_name(norm), "eps": float(eps), "n_samples": len(x),
+        "robust_accuracy": accuracy, "median_norm": float(proven.median()) if len(proven) else math.nan,
+        "time_s": seconds,
+    } for eps, accuracy in zip(epsilons, accuracies)], columns=CURVE_COLUMNS)
+
+
 def _describe(obj: Any) -> str:
     return "none" if obj is None else type(obj).__name__
 
@@ -127,6 +166,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     except InvalidValue as e:
         raise ConfigError(f"defense.{e.field}", e.message) from None
     attack, epsilons = build_attack(cfg, data, model)
+    certify_norm = certification_norm(cfg, data, model, attack)
     t_data = time.perf_counter()
     title = f"{data.name} / {_describe(model)} / defense {_describe(defense)}"
     log.info(
@@ -164,6 +204,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
             model, attack, x_eval, y_eval, epsilons, bounds=data.bounds, batch_size=cfg.eval.batch_size
         )
         curve = evaluation.curve
+        if certify_norm is not None:
+            curve = pd.concat([curve, certified_curve(model, x_eval, y_eval, certify_norm, epsilons)], ignore_index=True)
         io.write_csv(out / "curve.csv", curve)
         if evaluation.samples is not None:
             io.write_csv(out / "norms.csv", evaluation.samples)
@@ -207,7 +249,11 @@ def _metrics(cfg, data, device, history, clean, n_eval, attack, curve) -> dict[s
     }
     if attack is not None:
         # an attack outside the Lp threat model has one row (eps NaN) and no budget
-        headline = curve.loc[curve["eps"] == attack.eps].iloc[0] if attack.lp_bounded else curve.iloc[0]
+        rows = curve[curve["attack"] == attack.name]
+        headline = rows.loc[rows["eps"] == attack.eps].iloc[0] if attack.lp_bounded else rows.iloc[0]
+        certified = curve[(curve["attack"] == "certified") & (curve["eps"] == attack.eps)]
+        if len(certified):
+            metrics["certified_accuracy"] = float(certified["robust_accuracy"].iloc[0])
         metrics.update({
             "attack": attack.name,
             "norm": norm_name(attack.norm),

@@ -128,3 +128,22 @@ def test_mixed_objective_matches_its_formula():
     pure = Adversarial(attack=attack, alpha=0.0).loss(model, x, y)
     clean = torch.nn.functional.cross_entropy(model(x), y)
     torch.testing.assert_close(mixed, 0.3 * clean + 0.7 * pure)
+
+
+def test_certified_accuracy_is_drawn_next_to_the_attack_and_never_above_it(make_cfg, tmp_path):
+    metrics = experiment.run(make_cfg("model=logreg", "optimizer.lr=0.01", "train.epochs=5", "attack.steps=20",
+                                      "device=cpu"), tmp_path)
+    curve = pd.read_csv(tmp_path / "curve.csv")
+    certified = curve[curve["attack"] == "certified"].set_index("eps")["robust_accuracy"]
+    attacked = curve[curve["attack"] == "pgd"].set_index("eps")["robust_accuracy"]
+    assert list(certified.index) == list(attacked.index) and certified.iloc[0] == pytest.approx(attacked.iloc[0])
+    assert (certified <= attacked + 1e-12).all() and certified.iloc[1] > 0
+    assert metrics["certified_accuracy"] == pytest.approx(certified.loc[metrics["eps"]])
+
+
+def test_certification_is_skipped_or_refused_where_no_guarantee_exists(make_cfg, tmp_path):
+    experiment.run(make_cfg(*TINY, "attack.steps=2"), tmp_path / "auto")  # a ReLU MLP: no guarantee
+    assert "certified" not in set(pd.read_csv(tmp_path / "auto" / "curve.csv")["attack"])
+    with pytest.raises(ConfigError) as info:
+        experiment.run(make_cfg(*TINY, "eval.certify=true", "model.hidden=[16]"), tmp_path / "required")
+    assert info.value.key == "model.activation"

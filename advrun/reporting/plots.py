@@ -20,6 +20,10 @@ def plot_robustness_curve(curve: pd.DataFrame, title: str = ""):
         if rows["eps"].isna().all():  # not an Lp threat model: one number, drawn as a line
             ax.axhline(100 * rows["robust_accuracy"].iloc[0], color="tab:red", label=f"{attack}")
             continue
+        if attack == "certified":  # a proven lower bound, not an attack
+            ax.plot(rows["eps"], 100 * rows["robust_accuracy"], marker="s", linestyle="--", color="black",
+                    label=f"certified ({norm}), lower bound")
+            continue
         ax.plot(rows["eps"], 100 * rows["robust_accuracy"], marker="o", label=f"{attack} ({norm})")
     clean = 100 * curve["clean_accuracy"].iloc[0]
     ax.axhline(clean, color="grey", linestyle="--", linewidth=1, label=f"clean ({clean:.1f}%)")
