@@ -62,7 +62,7 @@ from torch import nn
 
 from advrun.attacks.base import eval_mode
 from advrun.attacks.linear_exact import affine_map
-from advrun.attacks.norms import norm_name, parse_norm
+from advrun.attacks.norms import norm_field, norm_name
 from advrun.errors import InvalidValue, require_int, require_non_negative
 from advrun.models import ACTIVATIONS
 
@@ -186,10 +186,7 @@ def decompose(model: nn.Module, probes: torch.Tensor) -> AffinePart | OneHiddenL
 
 
 def _parse(norm: object, bound: str = "local") -> float:
-    try:
-        p = parse_norm(norm)
-    except ValueError as e:
-        raise InvalidValue("norm", str(e)) from None
+    p = norm_field(norm)
     if bound not in BOUNDS:
         raise InvalidValue("bound", f"choose one of {list(BOUNDS)}, got {bound!r}")
     return p

@@ -23,7 +23,7 @@ from torch import nn
 
 from advrun.attacks.base import Attack, Bounds, check_adversarial, eval_mode, input_gradient
 from advrun.attacks.linear_exact import LinearExact
-from advrun.attacks.norms import norm_name, parse_norm, project, steepest_direction
+from advrun.attacks.norms import norm_field, project, steepest_direction
 from advrun.attacks.pgd import PGD
 from advrun.errors import InvalidValue, require_int, require_non_negative, require_positive
 from advrun.models import ACTIVATIONS, Normalize, make_activation
@@ -33,17 +33,6 @@ log = logging.getLogger(__name__)
 
 #: The norm whose unit ball is dual to each Lp ball: ``max_{||d||_p <= eps} g.d = eps ||g||_q``.
 DUAL_NORM = {math.inf: 1.0, 2.0: 2.0, 1.0: math.inf}
-
-
-def _norm(value: object, supported: Sequence[float], name: str) -> float:
-    """The parsed norm ``value``, or :class:`InvalidValue` naming the supported ones."""
-    try:
-        p = parse_norm(value)
-    except ValueError as e:
-        raise InvalidValue("norm", str(e)) from None
-    if p not in supported:
-        raise InvalidValue("norm", f"{name} supports {', '.join(norm_name(q) for q in supported)}, not {norm_name(p)}")
-    return p
 
 
 def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
@@ -124,7 +113,7 @@ class TRADES(Standard):
     def __post_init__(self) -> None:
         require_non_negative("beta", self.beta)
         require_non_negative("eps", self.eps)
-        self.norm = _norm(self.norm, (math.inf, 2.0), "trades")
+        self.norm = norm_field(self.norm, (math.inf, 2.0), "trades")
         require_int("steps", self.steps, minimum=1)
         if self.step_size is not None:
             require_positive("step_size", self.step_size, hint=" (or null for 2.5 * eps / steps)")
@@ -270,7 +259,7 @@ class LinearRobust(Standard):
 
     def __post_init__(self) -> None:
         require_non_negative("eps", self.eps)
-        self.norm = _norm(self.norm, (math.inf, 2.0, 1.0), "linear_robust")
+        self.norm = norm_field(self.norm, (math.inf, 2.0, 1.0), "linear_robust")
 
     def check_model(self, model: nn.Module, in_shape: Sequence[int]) -> None:
         try:

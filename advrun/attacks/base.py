@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advrun.attacks.norms import lp_norm, norm_name, parse_norm
+from advrun.attacks.norms import lp_norm, norm_field, norm_name
 from advrun.errors import AttackCheckError, InvalidValue
 
 Bounds = tuple[float, float]
@@ -146,13 +146,7 @@ class Attack:
     target: int | str | None = None
 
     def __post_init__(self) -> None:
-        try:
-            self.norm = parse_norm(self.norm)
-        except ValueError as e:
-            raise InvalidValue("norm", str(e)) from None
-        if self.norm not in self.norms:
-            supported = ", ".join(norm_name(p) for p in self.norms)
-            raise InvalidValue("norm", f"{self.name} supports {supported}, not {norm_name(self.norm)}")
+        self.norm = norm_field(self.norm, self.norms, self.name)
         if self.eps is None and self.minimum_norm:
             self.eps = math.inf
         if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or math.isnan(self.eps) or self.eps < 0:

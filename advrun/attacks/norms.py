@@ -30,6 +30,20 @@ def parse_norm(norm: object) -> float:
     raise ValueError(f"unknown norm {norm!r}; use inf, 2 or 1")
 
 
+def norm_field(value: object, supported: tuple[float, ...] = (math.inf, 2.0, 1.0), what: str = "this") -> float:
+    """``parse_norm(value)`` for a config field called ``norm``: an unknown or unsupported norm
+    raises :class:`~advrun.errors.InvalidValue` naming the field and the norms ``what`` supports."""
+    from advrun.errors import InvalidValue
+
+    try:
+        p = parse_norm(value)
+    except ValueError as e:
+        raise InvalidValue("norm", str(e)) from None
+    if p not in supported:
+        raise InvalidValue("norm", f"{what} supports {', '.join(norm_name(q) for q in supported)}, not {norm_name(p)}")
+    return p
+
+
 def norm_name(p: float) -> str:
     """``math.inf`` -> ``"linf"``, ``2.0`` -> ``"l2"``, ``1.0`` -> ``"l1"``."""
     return "linf" if p == math.inf else f"l{int(p)}"
