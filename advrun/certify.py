@@ -41,8 +41,17 @@ Two families of models, computed in float64 from the model's float32 weights:
   into the identity above ``threshold`` (a jump of about 2e-9 in ``sigma'``), is covered: the
   local ``E_r`` is read off torch's own ``sigma'``, and the Lipschitz form adds the jump.
 
-ReLU and leaky ReLU networks are refused: their derivative jumps at 0, so the theorem's
-Lipschitz-derivative argument does not apply. Deeper networks and CNNs are refused too.
+ReLU, leaky ReLU and abs networks are refused: their derivative jumps at 0, so the theorem's
+Lipschitz-derivative argument does not apply. Deeper networks, CNNs and ResNets are refused too.
+
+Softplus of sharpness ``beta`` (``model.softplus_beta``), ``(1 / beta) log(1 + exp(beta t))``, has
+``sigma'(t) = sigmoid(beta t)``, so its Lipschitz constant is ``beta / 4``: the certificate
+loosens as softplus approaches relu. A binary ``logreg`` (one logit ``z``, logits ``(0, z)``) is
+affine with ``W = [[0], [w]]``, so its radius is ``|z| / ||w||_q``, the same as that of any
+two-logit model with ``w_1 - w_0 = w``. Certificates are about the model in eval mode: batch
+norm is then the affine map of its running statistics and dropout the identity, both folded into
+the affine parts read off by autograd (``model.batch_norm`` and ``model.dropout`` are certified
+as such); the certificate says nothing about the model in train mode.
 
 Conventions: the radius of a sample the model misclassifies (or puts on a tie) is 0; the
 certificate is exact arithmetic about the model's weights, so float32 evaluation of the model
@@ -64,7 +73,7 @@ from advrun.attacks.base import eval_mode
 from advrun.attacks.linear_exact import affine_map
 from advrun.attacks.norms import norm_field, norm_name
 from advrun.errors import InvalidValue, require_int, require_non_negative
-from advrun.models import ACTIVATIONS
+from advrun.models import ACTIVATIONS, Abs
 
 #: Norms a certificate can be asked for.
 NORMS = (math.inf, 2.0, 1.0)
@@ -119,7 +128,7 @@ def smooth_activation(module: nn.Module) -> SmoothActivation:
     if isinstance(module, nn.ELU) and float(module.alpha) == 1.0:
         elu_slope = lambda t: torch.where(t > 0, 1.0, torch.exp(t.clamp_max(0.0)))
         return SmoothActivation(module, elu_slope, _increasing(elu_slope), 1.0)
-    if isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.ELU)):
+    if isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.ELU, Abs)):
         raise InvalidValue("activation", f"{type(module).__name__} has a derivative that jumps, so the "
                                          f"Hein-Andriushchenko certificate (which needs a Lipschitz derivative) "
                                          f"does not apply; use tanh, sigmoid, softplus or elu")
@@ -167,6 +176,11 @@ def decompose(model: nn.Module, probes: torch.Tensor) -> AffinePart | OneHiddenL
     :class:`InvalidValue` for any other model. Needs gradients enabled and eval mode."""
     children = list(model.children()) if isinstance(model, nn.Sequential) else [model]
     positions = [i for i, child in enumerate(children) if isinstance(child, _NONLINEAR)]
+    nested = sum(isinstance(module, _NONLINEAR) for module in model.modules()) - len(positions)
+    if nested:
+        raise InvalidValue("_target_", f"certify handles affine models and networks with one hidden layer (e.g. "
+                                       f"model=mlp model.hidden=[64]); {type(model).__name__} has "
+                                       f"{nested + len(positions)} activation layers, {nested} inside blocks")
     if not positions:
         return _read_affine(model, probes, type(model).__name__)
     if len(positions) > 1:

@@ -2,18 +2,36 @@
 
 Each constructor takes the input shape and number of classes (filled in by the runner
 from the data set) plus the options of its ``conf/model/*.yaml``.
+
+Batch norm (Ioffe & Szegedy 2015, "Batch normalization", Algorithm 1) sits between each
+hidden affine map and its activation, as in the paper (section 3.2; the affine map then drops
+its bias, which the norm's shift replaces); dropout (Srivastava et al. 2014, "Dropout", eq. 2
+with inverted scaling by ``1 / (1 - p)`` in training) follows the activation of each dense
+hidden layer. Training runs in train mode (batch statistics, random masks); attacks,
+evaluation and certification run in eval mode, where batch norm is the fixed affine map of
+its running statistics and dropout is the identity.
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from advrun.errors import InvalidValue, require_int
+from advrun.errors import InvalidValue, require_int, require_positive
 
+
+class Abs(nn.Module):
+    """``|x|``, elementwise (not differentiable at 0; torch takes the subgradient 0 there)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.abs()
+
+
+#: Activation layers by name, each built without arguments (softplus with sharpness 1).
 ACTIVATIONS = {
     "relu": nn.ReLU,
     "leaky_relu": lambda: nn.LeakyReLU(0.1),
@@ -21,13 +39,20 @@ ACTIVATIONS = {
     "sigmoid": nn.Sigmoid,
     "softplus": nn.Softplus,
     "elu": nn.ELU,
+    "abs": Abs,
 }
 
 
-def make_activation(name: str) -> nn.Module:
-    """The activation layer called ``name``; an unknown name lists the valid ones."""
+def make_activation(name: str, softplus_beta: float = 1.0) -> nn.Module:
+    """The activation layer called ``name``; an unknown name lists the valid ones.
+
+    ``softplus_beta`` is the sharpness of softplus, ``(1 / beta) log(1 + exp(beta x))`` (torch's
+    ``nn.Softplus``; it tends to relu as beta grows); the other activations ignore it."""
     if name not in ACTIVATIONS:
         raise InvalidValue("activation", f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    require_positive("softplus_beta", softplus_beta)
+    if name == "softplus":
+        return nn.Softplus(beta=softplus_beta)
     return ACTIVATIONS[name]()
 
 
@@ -70,20 +95,62 @@ def _normalize_layer(in_shape: Sequence[int], normalize: bool) -> list[nn.Module
     return [Normalize(in_shape[0], image=len(in_shape) == 3)] if normalize else []
 
 
-class LogReg(Classifier):
-    """Multinomial logistic (softmax) regression: one affine map from pixels to logits."""
+def _check_regularisers(batch_norm: bool, dropout: float) -> None:
+    if not isinstance(batch_norm, bool):
+        raise InvalidValue("batch_norm", f"must be true or false, got {batch_norm!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise InvalidValue("dropout", f"must be a probability in [0, 1), got {dropout!r}")
 
-    def __init__(self, in_shape: Sequence[int], num_classes: int, normalize: bool = False):
+
+def _hidden_dense(width_in: int, width: int, activation: nn.Module, batch_norm: bool, dropout: float) -> list[nn.Module]:
+    """``Linear [-> BatchNorm1d] -> activation [-> Dropout]``."""
+    layers: list[nn.Module] = [nn.Linear(width_in, width, bias=not batch_norm)]
+    layers += [nn.BatchNorm1d(width)] if batch_norm else []
+    layers.append(activation)
+    layers += [nn.Dropout(dropout)] if dropout > 0 else []
+    return layers
+
+
+class BinaryLogits(nn.Module):
+    """Maps one logit ``z`` (shape ``[N, 1]``) to the two logits ``(0, z)`` (shape ``[N, 2]``).
+
+    The cross-entropy of ``(0, z)`` is the logistic loss ``log(1 + exp(-s z))`` with ``s = +1``
+    for class 1 and ``-1`` for class 0, and ``argmax`` is the sign of ``z`` (class 0 on a tie):
+    a binary classifier with one weight vector that every attack and metric reads as two classes."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(z), z], dim=1)
+
+
+class LogReg(Classifier):
+    """Logistic regression, one affine map from pixels to logits.
+
+    Multinomial (softmax) regression ``z = W x + b`` with one row of ``W`` per class; or, with
+    ``binary`` (``true``, or ``auto`` with two classes), the binary logistic regression of
+    Cox 1958 with ONE weight vector: ``z = w . x + b`` and logits ``(0, z)``
+    (:class:`BinaryLogits`), trained by the cross-entropy, which is then the logistic loss. Its
+    ``state_dict`` holds a ``(1, d)`` weight, readable as one image; the softmax model with two
+    classes is the same family over-parametrised (only ``w_1 - w_0`` matters).
+    ``binary: false`` (the constructor's default) always keeps one logit per class.
+    """
+
+    def __init__(self, in_shape: Sequence[int], num_classes: int, normalize: bool = False,
+                 binary: bool | str = False):
         _check_shape(in_shape, num_classes)
-        super().__init__(
-            *_normalize_layer(in_shape, normalize),
-            nn.Flatten(),
-            nn.Linear(math.prod(in_shape), num_classes),
-        )
+        if not (isinstance(binary, bool) or binary == "auto"):
+            raise InvalidValue("binary", f"must be auto, true or false, got {binary!r}")
+        if binary is True and num_classes != 2:
+            raise InvalidValue("binary", f"one logit needs exactly two classes, got {num_classes}; "
+                                         f"use binary=auto or false")
+        self.binary = num_classes == 2 and binary in (True, "auto")
+        head = [nn.Linear(math.prod(in_shape), 1), BinaryLogits()] if self.binary else \
+            [nn.Linear(math.prod(in_shape), num_classes)]
+        super().__init__(*_normalize_layer(in_shape, normalize), nn.Flatten(), *head)
 
 
 class MLP(Classifier):
-    """Fully connected network: ``hidden`` layer widths, each followed by ``activation``."""
+    """Fully connected network: ``hidden`` layer widths, each followed by ``activation`` (with
+    optional batch norm before it and dropout after it, module docstring)."""
 
     def __init__(
         self,
@@ -92,22 +159,29 @@ class MLP(Classifier):
         hidden: Sequence[int] = (128, 128),
         activation: str = "relu",
         normalize: bool = True,
+        softplus_beta: float = 1.0,
+        batch_norm: bool = False,
+        dropout: float = 0.0,
     ):
         _check_shape(in_shape, num_classes)
+        _check_regularisers(batch_norm, dropout)
         hidden = list(hidden)
         for width in hidden:
             require_int("hidden", width, minimum=1)
+        make_activation(activation, softplus_beta)  # validate even without hidden layers
         layers: list[nn.Module] = [*_normalize_layer(in_shape, normalize), nn.Flatten()]
         width_in = math.prod(in_shape)
         for width in hidden:
-            layers += [nn.Linear(width_in, width), make_activation(activation)]
+            layers += _hidden_dense(width_in, width, make_activation(activation, softplus_beta), batch_norm, dropout)
             width_in = width
         layers.append(nn.Linear(width_in, num_classes))
         super().__init__(*layers)
 
 
 class CNN(Classifier):
-    """LeNet-style network: two 3x3 convolution + 2x2 max-pool blocks, one hidden dense layer."""
+    """LeNet-style network: per entry of ``channels`` a 3x3 convolution [+ batch norm] +
+    activation + 2x2 max-pool; then one hidden dense layer [+ batch norm] + activation
+    [+ dropout] (module docstring)."""
 
     def __init__(
         self,
@@ -117,23 +191,94 @@ class CNN(Classifier):
         hidden: int = 128,
         activation: str = "relu",
         normalize: bool = True,
+        softplus_beta: float = 1.0,
+        batch_norm: bool = False,
+        dropout: float = 0.0,
     ):
         _check_shape(in_shape, num_classes)
         if len(in_shape) != 3:
             raise InvalidValue("in_shape", f"cnn needs image inputs (channels, height, width), got {tuple(in_shape)}")
+        _check_regularisers(batch_norm, dropout)
         channels = list(channels)
         for width in channels:
             require_int("channels", width, minimum=1)
         require_int("hidden", hidden, minimum=1)
+        make_activation(activation, softplus_beta)
         c, h, w = in_shape
         layers: list[nn.Module] = list(_normalize_layer(in_shape, normalize))
         for width in channels:
             if h < 2 or w < 2:
                 raise InvalidValue("channels", f"{len(channels)} pooling blocks are too many for {tuple(in_shape)} inputs")
-            layers += [nn.Conv2d(c, width, 3, padding=1), make_activation(activation), nn.MaxPool2d(2)]
+            layers.append(nn.Conv2d(c, width, 3, padding=1, bias=not batch_norm))
+            layers += [nn.BatchNorm2d(width)] if batch_norm else []
+            layers += [make_activation(activation, softplus_beta), nn.MaxPool2d(2)]
             c, h, w = width, h // 2, w // 2
-        layers += [nn.Flatten(), nn.Linear(c * h * w, hidden), make_activation(activation), nn.Linear(hidden, num_classes)]
+        layers.append(nn.Flatten())
+        layers += _hidden_dense(c * h * w, hidden, make_activation(activation, softplus_beta), batch_norm, dropout)
+        layers.append(nn.Linear(hidden, num_classes))
         super().__init__(*layers)
+
+
+class PreActBlock(nn.Module):
+    """The pre-activation residual unit of He et al. 2016 ("Identity mappings in deep residual
+    networks", Fig. 1(b) and 4(e)): ``x + conv(relu(bn(conv(relu(bn(x))))))``, two 3x3
+    convolutions; where the shape changes the shortcut is a strided 1x1 convolution of the
+    activated input. Layer names follow the CIFAR code of Kuang Liu / Rice et al. 2020."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.relu1 = nn.ReLU()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU()
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.shortcut = None
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(x))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(self.relu2(self.bn2(out)))
+        return out + shortcut
+
+
+class PreActResNet18(Classifier):
+    """PreActResNet-18 for CIFAR-10 (He et al. 2016, "Identity mappings in deep residual
+    networks"; the CIFAR variant of the adversarial-training literature, e.g. Rice, Wong &
+    Kolter 2020, "Overfitting in adversarially robust deep learning"): a 3x3 stem convolution,
+    four stages of two :class:`PreActBlock` each with ``width * (1, 2, 4, 8)`` channels (64,
+    128, 256, 512 by default; stride 2 at the start of stages 2-4), a final batch norm + ReLU
+    (the paper's extra activation after the last addition), global average pooling and a
+    linear layer: about 11.2M parameters at width 64. Meant for a GPU; ``width`` scales it down.
+
+    Layers are named as in the widely used CIFAR code (Kuang Liu's, kept by Rice et al.:
+    ``conv1``, ``layer1`` ... ``layer4``, ``bn``, ``linear``) after ``normalize``: with
+    ``normalize=False`` a ``state_dict`` of that code loads as is (it normalises outside the model).
+    """
+
+    def __init__(self, in_shape: Sequence[int], num_classes: int, width: int = 64, normalize: bool = True):
+        _check_shape(in_shape, num_classes)
+        if len(in_shape) != 3:
+            raise InvalidValue("in_shape", f"resnet needs image inputs (channels, height, width), got {tuple(in_shape)}")
+        require_int("width", width, minimum=1)
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        if normalize := _normalize_layer(in_shape, normalize):
+            layers["normalize"] = normalize[0]
+        layers["conv1"] = nn.Conv2d(in_shape[0], width, 3, stride=1, padding=1, bias=False)
+        planes_in = width
+        for stage, (factor, stride) in enumerate(zip((1, 2, 4, 8), (1, 2, 2, 2)), start=1):
+            planes = width * factor
+            layers[f"layer{stage}"] = nn.Sequential(PreActBlock(planes_in, planes, stride), PreActBlock(planes, planes))
+            planes_in = planes
+        layers["bn"] = nn.BatchNorm2d(planes_in)
+        layers["relu"] = nn.ReLU()
+        layers["pool"] = nn.AdaptiveAvgPool2d(1)
+        layers["flatten"] = nn.Flatten()
+        layers["linear"] = nn.Linear(planes_in, num_classes)
+        super().__init__(layers)
 
 
 class WongMNIST(Classifier):

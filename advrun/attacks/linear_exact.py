@@ -26,14 +26,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from advrun.attacks.base import Attack, Bounds, Goal
+from advrun.attacks.base import Attack, Bounds, Goal, eval_mode
 from advrun.attacks.norms import lp_norm
 from advrun.errors import InvalidValue, require_positive
 
 
 def affine_map(model: nn.Module, probes: torch.Tensor, rtol: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
     """``(W, b)`` with ``model(x) = W x.flatten() + b``, read off the Jacobian (autograd) at
-    ``probes``; raise :class:`InvalidValue` unless the model is affine at every probe."""
+    ``probes``; raise :class:`InvalidValue` unless the model is affine at every probe. A binary
+    ``logreg`` (one logit ``z``, logits ``(0, z)``) reads as ``W = [[0], [w]]``, so the attack
+    and the certificate treat it as the two-logit model with ``w_1 - w_0 = w``. Call it in eval
+    mode (batch norm and dropout are affine only there)."""
     probes = probes.detach().requires_grad_(True)
     logits = model(probes)
     rows = [torch.autograd.grad(logits[:, k].sum(), probes, retain_graph=True)[0].flatten(1)
@@ -107,7 +110,7 @@ class LinearExact(Attack):
         generator = torch.Generator().manual_seed(0)
         probes = torch.cat([torch.rand((3, *in_shape), generator=generator),
                             torch.randn((2, *in_shape), generator=generator)]).to(device)
-        with torch.enable_grad():
+        with eval_mode(model), torch.enable_grad():  # as attacked: no batch statistics, no dropout
             affine_map(model, probes)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, goal: Goal, bounds: Bounds) -> torch.Tensor:
