@@ -1,6 +1,9 @@
-"""Figures: robustness curve (robust accuracy against epsilon) and training curves."""
+"""Figures: robustness curve (robust accuracy against epsilon), training curves, minimal-norm
+distribution, and the combined curves of a sweep. Every figure is saved as PNG and SVG by :func:`save`."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import matplotlib
 
@@ -9,10 +12,32 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from advrun import io  # noqa: E402
+
 _NORM_LABEL = {"linf": r"$L_\infty$", "l2": r"$L_2$", "l1": r"$L_1$"}
+#: The formats every figure is saved in.
+FORMATS = ("png", "svg")
 
 
-def plot_robustness_curve(curve: pd.DataFrame, title: str = ""):
+def save(fig, stem: str | Path) -> list[Path]:
+    """Save ``fig`` as ``<stem>.png`` and ``<stem>.svg`` (atomic writes), close it, return the paths."""
+    stem = Path(stem)
+    paths = [stem.with_name(f"{stem.name}.{fmt}") for fmt in FORMATS]
+    try:
+        for path in paths:
+            io.save_figure(path, fig)
+    finally:
+        plt.close(fig)
+    return paths
+
+
+def norm_axis_label(norms, bounds=(0.0, 1.0)) -> str:
+    """The x label of a curve: the budget, its norm(s) and the input units (the data bounds)."""
+    names = ", ".join(_NORM_LABEL.get(n, n) for n in sorted(set(norms)))
+    return f"budget epsilon ({names} norm; inputs in [{bounds[0]:g}, {bounds[1]:g}])"
+
+
+def plot_robustness_curve(curve: pd.DataFrame, title: str = "", bounds=(0.0, 1.0)):
     """Robust accuracy (%) against epsilon, one line per attack, clean accuracy dashed."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for (attack, norm), rows in curve.groupby(["attack", "norm"], sort=False):
@@ -27,8 +52,7 @@ def plot_robustness_curve(curve: pd.DataFrame, title: str = ""):
         ax.plot(rows["eps"], 100 * rows["robust_accuracy"], marker="o", label=f"{attack} ({norm})")
     clean = 100 * curve["clean_accuracy"].iloc[0]
     ax.axhline(clean, color="grey", linestyle="--", linewidth=1, label=f"clean ({clean:.1f}%)")
-    norms = sorted(set(curve.loc[curve["eps"].notna(), "norm"]))
-    ax.set_xlabel("perturbation budget epsilon (" + ", ".join(_NORM_LABEL.get(n, n) for n in norms) + " norm)")
+    ax.set_xlabel(norm_axis_label(curve.loc[curve["eps"].notna(), "norm"], bounds))
     ax.set_ylabel("robust accuracy (% of all samples)")
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
@@ -37,8 +61,14 @@ def plot_robustness_curve(curve: pd.DataFrame, title: str = ""):
     return fig
 
 
+def robust_columns(history: pd.DataFrame) -> list[str]:
+    """Columns of a training history holding a robust accuracy per epoch (named like ``*robust*``)."""
+    return [c for c in history.columns if "robust" in c.lower() and pd.api.types.is_numeric_dtype(history[c])]
+
+
 def plot_training_curve(history: pd.DataFrame, title: str = ""):
-    """Mean training loss and clean train / test accuracy per epoch."""
+    """Mean training loss and clean train / test accuracy per epoch, and every robust accuracy
+    the defense measured (columns named like ``*robust*``), dotted."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.6))
     ax_loss.plot(history["epoch"], history["loss"], marker=".")
     ax_loss.set_xlabel("epoch")
@@ -46,6 +76,9 @@ def plot_training_curve(history: pd.DataFrame, title: str = ""):
     ax_loss.grid(alpha=0.3)
     ax_acc.plot(history["epoch"], 100 * history["train_accuracy"], marker=".", label="train (clean)")
     ax_acc.plot(history["epoch"], 100 * history["test_accuracy"], marker=".", label="test (clean)")
+    for column in robust_columns(history):
+        rows = history[history[column].notna()]
+        ax_acc.plot(rows["epoch"], 100 * rows[column], marker="x", linestyle=":", label=column.replace("_", " "))
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy (%)")
     ax_acc.grid(alpha=0.3)
@@ -85,5 +118,40 @@ def plot_norm_distribution(samples: pd.DataFrame, label: str):
     failed = len(norms) - len(finite)
     fig.suptitle(f"{label}: {len(finite)} of {len(norms)} initially correct samples fooled"
                  + (f", {failed} not" if failed else ""))
+    fig.tight_layout()
+    return fig
+
+
+def plot_combined_curves(curves: list[tuple[str, pd.DataFrame]], title: str = ""):
+    """Robust accuracy against epsilon for several runs (a sweep): one line per run, one panel per norm.
+
+    ``curves`` holds ``(label, curve)`` pairs, ``curve`` with the columns of ``curve.csv``; each
+    run's attack rows are drawn solid, its certified rows (a lower bound) dashed in the same colour.
+    Runs without an Lp curve (no attack, rotations, patches) are left out.
+    """
+    lines = [(label, c[c["eps"].notna()]) for label, c in curves]
+    lines = [(label, c) for label, c in lines if len(c)]
+    norms = sorted({n for _, c in lines for n in c["norm"]}) or ["linf"]
+    fig, axes = plt.subplots(1, len(norms), figsize=(6.5 * len(norms), 4.5), squeeze=False)
+    colours = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20")
+    for i, (label, curve) in enumerate(lines):
+        colour = colours(i % colours.N)
+        for (attack, norm), rows in curve.groupby(["attack", "norm"], sort=False):
+            ax = axes[0][norms.index(norm)]
+            rows = rows.sort_values("eps")
+            certified = attack == "certified"
+            ax.plot(rows["eps"], 100 * rows["robust_accuracy"], color=colour, marker="s" if certified else "o",
+                    markersize=3, linestyle="--" if certified else "-",
+                    label=f"{label} (certified)" if certified else f"{label}: {attack}")
+    for ax, norm in zip(axes[0], norms):
+        ax.set_xlabel(norm_axis_label([norm]))
+        ax.set_ylabel("robust accuracy (% of all samples)")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+        if ax.get_lines():
+            ax.legend(fontsize="small")
+        else:
+            ax.text(0.5, 0.5, "no finished run with an Lp curve", ha="center", transform=ax.transAxes)
+    fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -1,0 +1,304 @@
+"""The report of one run, ``report.md`` and ``report.html``, built from the files of its folder alone.
+
+Because it reads only what the run wrote (``.hydra/config.yaml``, ``metrics.json``, ``curve.csv``,
+``training.csv``, ``audit.json``, ``error.txt``, the PNG figures), any run folder can be reported
+again later, elsewhere or after an interruption (``advrun-report PATH``). A failed run gets a
+report that says so and shows the error; a folder with neither ``metrics.json`` nor ``error.txt``
+is reported as incomplete (still running, or interrupted).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from advrun import io
+from advrun.reporting.document import Block, Code, Figure, Heading, Notice, Paragraph, Table, to_html, to_markdown
+
+log = logging.getLogger(__name__)
+
+#: Known figures in report order, with what they show; any other PNG of the folder follows them.
+FIGURES = {
+    "robustness_curve": "Robust accuracy against the budget epsilon for every attack of the run (% of all evaluated "
+                        "samples); clean accuracy dashed; certified accuracy, a proven lower bound, dashed black "
+                        "where the model can be certified.",
+    "norm_distribution": "Minimal perturbation norms of the minimum-norm attack: histogram, and the share of the "
+                         "initially correct samples fooled within each budget.",
+    "adversarial_gallery": "The first evaluation samples: original (true label; the model's clean label and "
+                           "confidence), the perturbation amplified by the factor stated (grey = unchanged), and the "
+                           "adversarial input with the model's label and confidence (red: wrong).",
+    "linear_model": "The affine model's weight pattern per class (red positive, blue negative) and the optimal "
+                    "perturbation of the first evaluation samples at the budget stated.",
+    "decision_regions": "Decision regions of the model (background), training points, and evaluation points "
+                        "(circles) moved by the attack to their adversarial points (crosses).",
+    "training_curve": "Training loss (the defense's objective) and accuracy per epoch; robust accuracy per epoch "
+                      "where the defense measured it.",
+    "patch": "The adversarial patch the attack trained.",
+}
+
+#: The files a report consists of (left out of the report's own list of files).
+REPORT_FILES = ("report.md", "report.html")
+
+DENOMINATORS = (
+    "Three accuracies, three denominators. Clean accuracy: correctly classified clean samples / all N evaluated "
+    "samples. Robust accuracy: samples classified correctly both clean and under attack / all N. Success rate: "
+    "initially correct samples the attack fooled / initially correct samples (targeted attacks: those not already "
+    "of the target class). Norms: of the successful perturbations."
+)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        log.warning("%s cannot be read: %s", path, e)
+        return None
+
+
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError) as e:  # an empty or truncated file
+        log.warning("%s cannot be read: %s", path, e)
+        return None
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def pct(value: Any) -> str:
+    """``12.34%`` for a fraction, ``-`` where there is none."""
+    return "-" if _missing(value) else f"{100 * float(value):.2f}%"
+
+
+def num(value: Any) -> str:
+    """A number in 4 significant digits, ``-`` where there is none."""
+    if _missing(value):
+        return "-"
+    return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+
+
+def run_status(path: Path) -> str:
+    """``ok`` (``metrics.json``), ``failed`` (``error.txt``) or ``incomplete`` (neither)."""
+    if (path / "metrics.json").is_file():
+        return "ok"
+    return "failed" if (path / "error.txt").is_file() else "incomplete"
+
+
+def read_config(path: Path) -> tuple[dict, str]:
+    """The run's composed config (``.hydra/config.yaml``) as a dict and as its YAML text.
+
+    Interpolations stay as written: resolving them now could read another environment
+    (``${oc.env:...}``) than the one the run saw."""
+    file = path / ".hydra" / "config.yaml"
+    if not file.is_file():
+        return {}, ""
+    text = file.read_text()
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        log.warning("%s cannot be read: %s", file, e)
+        return {}, text
+    return (config if isinstance(config, dict) else {}), text
+
+
+def read_overrides(path: Path) -> list[str]:
+    """The command-line overrides of the run (``.hydra/overrides.yaml``), or none."""
+    file = path / ".hydra" / "overrides.yaml"
+    if not file.is_file():
+        return []
+    try:
+        overrides = yaml.safe_load(file.read_text()) or []
+    except yaml.YAMLError:
+        return []
+    return [str(o) for o in overrides] if isinstance(overrides, list) else []
+
+
+def _target(config: dict, group: str) -> str:
+    node = config.get(group)
+    if not isinstance(node, dict):
+        return "?"
+    target = node.get("_target_")
+    return "none" if target is None else str(target).rsplit(".", 1)[-1]
+
+
+def run_title(path: Path, config: dict) -> str:
+    dataset = config.get("dataset", {}).get("name", "?") if isinstance(config.get("dataset"), dict) else "?"
+    return (f"advrun: {dataset} / {_target(config, 'model')} / attack {_target(config, 'attack')} / "
+            f"defense {_target(config, 'defense')}")
+
+
+def _headline(metrics: dict) -> Table:
+    n = metrics.get("n_eval")
+    rows = [["clean accuracy", pct(metrics.get("clean_accuracy")), f"correct clean predictions / all {n} samples"]]
+    if metrics.get("attack"):
+        budget = "" if metrics.get("eps") is None else f" at eps {num(metrics.get('eps'))}"
+        label = f"{metrics['attack']} ({metrics.get('norm')}){budget}"
+        rows += [
+            [f"robust accuracy, {label}", pct(metrics.get("robust_accuracy")),
+             f"correct both clean and under attack / all {n} samples"],
+            [f"success rate, {label}", pct(metrics.get("success_rate")), "fooled / initially correct samples"],
+        ]
+        if "certified_accuracy" in metrics:
+            rows.append([f"certified accuracy{budget}", pct(metrics["certified_accuracy"]),
+                         f"proven robust / all {n} samples (a lower bound on robust accuracy)"])
+    rows.append(["samples", f"{metrics.get('n_train')} training, {metrics.get('n_test')} test, {n} evaluated", ""])
+    return Table(["result", "value", "denominator"], rows)
+
+
+def with_times(curve: pd.DataFrame, metrics: dict | None) -> pd.DataFrame:
+    """``curve`` with its ``time_s`` column, from ``metrics.json``'s ``timings.curve`` where the CSV has none."""
+    times = ((metrics or {}).get("timings") or {}).get("curve")
+    if "time_s" in curve.columns or not isinstance(times, list) or not times:
+        return curve
+    keys = ["attack", "norm", "eps"]
+    timed = pd.DataFrame.from_records(times)
+    if not set(keys + ["time_s"]) <= set(timed.columns):
+        return curve
+    timed["eps"] = pd.to_numeric(timed["eps"], errors="coerce")  # null (no budget) -> NaN, as in the CSV
+    curve = curve.assign(eps=pd.to_numeric(curve["eps"], errors="coerce"))
+    return curve.merge(timed[keys + ["time_s"]].drop_duplicates(keys), on=keys, how="left")
+
+
+def curve_table(curve: pd.DataFrame) -> Table:
+    """``curve.csv`` as a table: one row per (attack, epsilon), counts beside the rates."""
+    quantiles = [c for c in curve.columns if c.startswith("norm_q") and curve[c].notna().any()]
+    targeted = "target" in curve.columns and curve["target"].notna().any()
+    columns = (["attack", "norm"] + (["target"] if targeted else []) + ["eps", "robust accuracy", "success rate",
+               "correct", "eligible", "fooled", "mean norm", "median norm"] + quantiles + ["time"])
+    rows = []
+    for record in curve.to_dict("records"):
+        certified = record.get("attack") == "certified"
+        row = [str(record.get("attack")), str(record.get("norm"))]
+        if targeted:
+            row.append("-" if _missing(record.get("target")) else str(record["target"]))
+        row += [num(record.get("eps")), pct(record.get("robust_accuracy")), pct(record.get("success_rate")),
+                num(record.get("n_correct")) if not certified else "-",
+                num(record.get("n_eligible")) if not certified else "-",
+                num(record.get("n_success")) if not certified else "-",
+                num(record.get("mean_norm")), num(record.get("median_norm"))]
+        row += [num(record.get(q)) for q in quantiles]
+        row.append("-" if _missing(record.get("time_s")) else f"{record['time_s']:.2f}s")
+        rows.append(row)
+    caption = "correct: initially correct samples; eligible: the success rate's denominator; fooled: its numerator."
+    if (curve["attack"] == "certified").any():
+        caption += (" Certified rows: robust accuracy is the share of all samples with a proven radius larger than "
+                    "eps (a lower bound on robust accuracy); their median norm is the median proven radius.")
+    if quantiles:
+        caption += " norm_qN: quantiles of all minimal norms the attack found."
+    return Table(columns, rows, caption=caption)
+
+
+def audit_table(checks: list) -> tuple[Table, str]:
+    """``audit.json`` (a list of ``{name, status, reason, advice}``) as a table, warnings highlighted."""
+    rows, kinds = [], []
+    for check in checks:
+        if not isinstance(check, dict):
+            continue
+        status = str(check.get("status", "?"))
+        rows.append([str(check.get("name", "?")), status, str(check.get("reason", "")), str(check.get("advice") or "")])
+        kinds.append({"warn": "warn", "pass": "pass"}.get(status))
+    counts = {s: sum(1 for r in rows if r[1] == s) for s in ("pass", "warn", "n/a")}
+    summary = f"{counts['pass']} passed, {counts['warn']} warned, {counts['n/a']} not applicable."
+    return Table(["check", "status", "reason", "advice"], rows, kinds), summary
+
+
+def _environment(metrics: dict) -> Table:
+    rows = [["device", str(metrics.get("device"))], ["seed", str(metrics.get("seed"))],
+            ["git commit", str(metrics.get("git_commit") or "- (not run from a checkout)")]]
+    if "deterministic" in metrics:
+        rows.append(["deterministic algorithms", str(metrics["deterministic"])])
+    training = metrics.get("training")
+    if isinstance(training, dict):
+        rows.append(["model", ", ".join(f"{k}: {v}" for k, v in training.items())])
+    for name, version in (metrics.get("versions") or {}).items():
+        rows.append([name, str(version or "-")])
+    for name, seconds in (metrics.get("timings") or {}).items():
+        if isinstance(seconds, (int, float)):  # per-row times of the curve are in its table
+            rows.append([f"time: {name.removesuffix('_s')}", f"{seconds:.2f}s"])
+    return Table(["", "value"], rows)
+
+
+def _training_table(history: pd.DataFrame) -> Table:
+    columns = [c for c in history.columns if c != "time_s"]
+    rows = []
+    for record in history.to_dict("records"):
+        rows.append([pct(record[c]) if "accuracy" in c else num(record[c]) for c in columns])
+    return Table([c.replace("_", " ") for c in columns], rows)
+
+
+def figures(path: Path) -> list[Figure]:
+    """The PNG figures of a folder: the known ones in report order, then any others by name."""
+    found = {p.stem: p for p in sorted(path.glob("*.png")) if not p.name.startswith(".")}
+    order = [s for s in FIGURES if s in found] + [s for s in found if s not in FIGURES]
+    return [Figure(found[s], FIGURES.get(s, s.replace("_", " "))) for s in order]
+
+
+def run_document(path: str | Path) -> tuple[str, list[Block]]:
+    """The title and blocks of the report of the run folder ``path`` (see the module docstring)."""
+    path = Path(path)
+    config, config_text = read_config(path)
+    status = run_status(path)
+    blocks: list[Block] = [Paragraph(f"Run folder: {path.resolve()}")]
+    if status == "failed":
+        error = (path / "error.txt").read_text(errors="replace").strip()
+        blocks.append(Notice(f"This run failed: {error}"))
+        traceback = path / "traceback.txt"
+        if traceback.is_file():
+            blocks += [Heading("Traceback"), Code(traceback.read_text(errors="replace"))]
+    elif status == "incomplete":
+        blocks.append(Notice("This run has not finished: its folder holds neither metrics.json nor error.txt "
+                             "(it is still running, or it was interrupted).", "warn"))
+    metrics = _read_json(path / "metrics.json") if status == "ok" else None
+    if metrics:
+        blocks += [Heading("Results"), _headline(metrics)]
+    curve = _read_csv(path / "curve.csv")
+    if curve is not None and len(curve):
+        curve = with_times(curve, metrics)
+        blocks += [Heading("Robustness curve"), Paragraph(DENOMINATORS), curve_table(curve)]
+    checks = _read_json(path / "audit.json") if (path / "audit.json").is_file() else None
+    if isinstance(checks, list):
+        table, summary = audit_table(checks)
+        blocks += [Heading("Evaluation audit"), Paragraph(
+            "Checks of the evaluation after Carlini et al. 2019 (\"On evaluating adversarial robustness\") and "
+            "AutoAttack's automatic checks: " + summary)]
+        if any(kind == "warn" for kind in table.row_kinds):
+            blocks.append(Notice("Some checks warn: the robust accuracy above may overestimate the model's true "
+                                 "robustness. See the advice column.", "warn"))
+        blocks.append(table)
+    found = figures(path)
+    if found:
+        blocks += [Heading("Figures"), *found]
+    history = _read_csv(path / "training.csv")
+    if history is not None and len(history):
+        blocks += [Heading("Training"), _training_table(history)]
+    overrides = read_overrides(path)
+    blocks += [Heading("Configuration"),
+               Paragraph("Command-line overrides: " + (" ".join(overrides) if overrides else "none") + ". "
+                         "The config the run composed from them (.hydra/config.yaml), interpolations as written:"),
+               Code(config_text or "(no .hydra/config.yaml in this folder)", "yaml")]
+    if metrics:
+        blocks += [Heading("Environment"), _environment(metrics)]
+    files = sorted(p for p in path.iterdir()
+                   if p.is_file() and not p.name.startswith(".") and p.name not in REPORT_FILES)
+    blocks += [Heading("Files"), Table(["file", "size"], [[p.name, f"{p.stat().st_size:,} bytes"] for p in files])]
+    return run_title(path, config), blocks
+
+
+def write_run_report(path: str | Path) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` into the run folder ``path``; return their paths."""
+    path = Path(path)
+    title, blocks = run_document(path)
+    markdown, page = path / "report.md", path / "report.html"
+    io.write_text(markdown, to_markdown(title, blocks, path))
+    io.write_text(page, to_html(title, blocks))
+    return markdown, page

@@ -1,0 +1,235 @@
+"""The summary of a sweep (``advrun -m ...``): one row per job, from the job folders on disk.
+
+Jobs are the folders below the sweep root that hold ``.hydra/config.yaml`` (whatever the folders
+are called). A job's status is ``ok`` (``metrics.json``), ``failed`` (``error.txt``, whose text is
+reported) or ``incomplete`` (neither: still running or interrupted), so a summary can be made of
+a sweep that is partial, was interrupted, or was run elsewhere, and a failed job never hides
+the others. :func:`write_sweep_report` writes into the root:
+
+* ``summary.csv``: the job, its status and error, its overrides as columns, its metrics;
+* ``summary.md``: the same as a Markdown table (overrides common to all jobs stated once);
+* ``combined_curves.png`` / ``.svg``: robust accuracy against epsilon, one line per finished job;
+* ``report.html``: all of it in one self-contained page, linking each job's own report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pandas as pd
+import yaml
+
+from advrun import io
+from advrun.reporting import plots
+from advrun.reporting.document import Block, Figure, Heading, Link, Notice, Paragraph, Table, to_html, to_markdown
+from advrun.reporting.report import DENOMINATORS, num, pct, read_overrides, run_status
+
+log = logging.getLogger(__name__)
+
+#: Metrics copied from each job's ``metrics.json`` into the summary, in this order.
+METRICS = ("dataset", "attack", "norm", "eps", "n_eval", "clean_accuracy", "robust_accuracy", "success_rate",
+           "certified_accuracy", "test_accuracy", "seed")
+#: Metrics shown in the summary's Markdown and HTML tables (all of them are in ``summary.csv``).
+SHOWN = ("attack", "norm", "eps", "clean_accuracy", "robust_accuracy", "success_rate", "certified_accuracy",
+         "audit_warnings", "total_s")
+#: Columns every summary has, before the overrides.
+LEADING = ("job", "status")
+
+
+def _natural(text: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def find_jobs(root: str | Path) -> list[Path]:
+    """The run folders below ``root`` (those holding ``.hydra/config.yaml``), in job-number order
+    (Hydra's ``hydra.job.num`` where recorded, then natural order of the folder names)."""
+    root = Path(root)
+    jobs = []
+    for folder, subfolders, _ in os.walk(root):
+        here = Path(folder)
+        if (here / ".hydra" / "config.yaml").is_file() and here != root:
+            jobs.append(here)
+            subfolders.clear()  # a run folder holds no other runs
+        else:
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+    return sorted(jobs, key=lambda job: (_job_number(job), _natural(job.relative_to(root).as_posix())))
+
+
+def _job_number(job: Path) -> float:
+    file = job / ".hydra" / "hydra.yaml"
+    try:
+        return float(yaml.safe_load(file.read_text())["hydra"]["job"]["num"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return float("inf")
+
+
+def parse_override(override: str) -> tuple[str, str]:
+    """``("attack.eps", "0.1")`` for ``attack.eps=0.1``; a leading ``+``, ``++`` or ``~`` is dropped."""
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def _first_line(text: str, limit: int = 300) -> str:
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def job_record(job: Path, root: Path) -> dict[str, Any]:
+    """One row of the summary: job, status, error, overrides (as columns), metrics."""
+    status = run_status(job)
+    record: dict[str, Any] = {"job": job.relative_to(root).as_posix(), "status": status, "error": ""}
+    overrides = dict(parse_override(o) for o in read_overrides(job))
+    record.update({f"override:{k}": v for k, v in overrides.items()})
+    if status == "failed":
+        record["error"] = (job / "error.txt").read_text(errors="replace").strip()
+    elif status == "ok":
+        try:
+            metrics = json.loads((job / "metrics.json").read_text())
+        except (OSError, ValueError) as e:
+            record.update(status="failed", error=f"metrics.json cannot be read: {e}")
+            return record
+        record.update({m: metrics.get(m) for m in METRICS})
+        record["total_s"] = (metrics.get("timings") or {}).get("total_s")
+        audit = metrics.get("audit")
+        checks = _audit(job)
+        if checks is not None:
+            record["audit_warnings"] = sum(1 for c in checks if isinstance(c, dict) and c.get("status") == "warn")
+        elif isinstance(audit, dict) and "warnings" in audit:
+            record["audit_warnings"] = audit["warnings"]
+    return record
+
+
+def _audit(job: Path) -> list | None:
+    file = job / "audit.json"
+    if not file.is_file():
+        return None
+    try:
+        checks = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None
+    return checks if isinstance(checks, list) else None
+
+
+def sweep_summary(root: str | Path) -> pd.DataFrame:
+    """The summary frame of the sweep at ``root``: one row per job (columns ``job``, ``status``,
+    ``error``, one ``override:KEY`` column per overridden key, then the metrics)."""
+    root = Path(root)
+    records = [job_record(job, root) for job in find_jobs(root)]
+    frame = pd.DataFrame.from_records(records)
+    if frame.empty:
+        return pd.DataFrame(columns=[*LEADING, "error"])
+    overrides = [c for c in frame.columns if c.startswith("override:")]
+    rest = [c for c in frame.columns if c not in (*LEADING, "error", *overrides)]
+    return frame[[*LEADING, *overrides, *rest, "error"]]
+
+
+def varying_overrides(frame: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
+    """The override columns whose value differs between jobs, and the overrides all jobs share."""
+    columns = [c for c in frame.columns if c.startswith("override:")]
+    varying = [c for c in columns if frame[c].fillna("(unset)").nunique() > 1]
+    common = {c.removeprefix("override:"): str(frame[c].iloc[0]) for c in columns if c not in varying}
+    return varying, common
+
+
+def job_label(row: pd.Series, varying: list[str]) -> str:
+    parts = [f"{c.removeprefix('override:')}={row[c]}" for c in varying if isinstance(row[c], str)]
+    return ", ".join(parts) or str(row["job"])
+
+
+def _cell(column: str, value: Any) -> str:
+    if column.endswith("accuracy") or column == "success_rate":
+        return pct(value)
+    if column == "total_s":
+        return "-" if value is None or pd.isna(value) else f"{value:.1f}s"
+    if column == "error":
+        return _first_line(str(value)) if isinstance(value, str) and value else ""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "-"
+    return num(value)
+
+
+def summary_table(frame: pd.DataFrame, root: Path, report: str) -> Table:
+    """The summary as a document table: varying overrides, main metrics, status and error per job;
+    the job cell links to the job's ``report`` (``report.md`` or ``report.html``) where it exists."""
+    varying, common = varying_overrides(frame)
+    if not varying and len(frame) == 1:
+        varying = [c for c in frame.columns if c.startswith("override:")]
+    metrics = [c for c in SHOWN if c in frame.columns and frame[c].notna().any()]
+    columns = ["job", "status", *[c.removeprefix("override:") for c in varying],
+               *[c.replace("_", " ") for c in metrics], "error"]
+    rows, kinds = [], []
+    for record in frame.to_dict("records"):
+        job = str(record["job"])
+        cell = Link(job, quote(f"{job}/{report}")) if (root / job / report).is_file() else job
+        rows.append([cell, str(record["status"]), *[str(record[c]) if isinstance(record[c], str) else "-"
+                                                    for c in varying],
+                     *[_cell(c, record.get(c)) for c in metrics], _cell("error", record.get("error"))])
+        kinds.append(str(record["status"]))
+    return Table(columns, rows, kinds)
+
+
+def combined_curves(frame: pd.DataFrame, root: Path) -> list[tuple[str, pd.DataFrame]]:
+    """``(label, curve)`` of every finished job with a ``curve.csv``, labelled by its varying overrides."""
+    varying, _ = varying_overrides(frame)
+    curves = []
+    for _, row in frame[frame["status"] == "ok"].iterrows():
+        file = root / str(row["job"]) / "curve.csv"
+        if file.is_file():
+            try:
+                curves.append((job_label(row, varying), pd.read_csv(file)))
+            except (OSError, ValueError) as e:
+                log.warning("%s cannot be read: %s", file, e)
+    return curves
+
+
+def sweep_document(root: Path, frame: pd.DataFrame, report: str, figure: Path | None) -> tuple[str, list[Block]]:
+    counts = {s: int((frame["status"] == s).sum()) for s in ("ok", "failed", "incomplete")}
+    blocks: list[Block] = [Paragraph(
+        f"Sweep folder: {root.resolve()}. {len(frame)} jobs: {counts['ok']} finished, {counts['failed']} failed, "
+        f"{counts['incomplete']} incomplete (neither metrics.json nor error.txt: still running or interrupted).")]
+    if counts["failed"]:
+        blocks.append(Notice(f"{counts['failed']} of {len(frame)} jobs failed; their errors are in the last column "
+                             "and in error.txt in their folders."))
+    _, common = varying_overrides(frame)
+    blocks += [Heading("Jobs"), summary_table(frame, root, report),
+               Paragraph("Overrides common to all jobs: "
+                         + (" ".join(f"{k}={v}" for k, v in common.items()) if common else "none") + "."),
+               Paragraph(DENOMINATORS + " Accuracies are at each job's headline budget eps.")]
+    if figure is not None:
+        blocks += [Heading("Robustness curves"), Figure(figure, (
+            "Robust accuracy against epsilon, one line per finished job (certified accuracy, a lower bound, "
+            "dashed where the job certified its model)."))]
+    return f"advrun sweep: {root.name}", blocks
+
+
+def write_sweep_report(root: str | Path, *, rebuild_jobs: bool = False) -> pd.DataFrame:
+    """Summarise the sweep at ``root`` (module docstring) and return the summary frame (column
+    ``status``: ok, failed or incomplete). Each job gets its own report where it has none (a failed
+    or interrupted job), or always with ``rebuild_jobs``."""
+    from advrun.reporting.report import write_run_report
+
+    root = Path(root)
+    for job in find_jobs(root):
+        if rebuild_jobs or not (job / "report.html").is_file():
+            write_run_report(job)
+    frame = sweep_summary(root)
+    io.write_csv(root / "summary.csv", frame)
+    figure = None
+    curves = combined_curves(frame, root) if len(frame) else []
+    if curves:
+        figure = plots.save(plots.plot_combined_curves(curves, f"sweep {root.name}: every finished job"), root / "combined_curves")[0]
+    else:  # no finished job with a curve (yet): no figure, not an old one
+        for fmt in plots.FORMATS:
+            (root / f"combined_curves.{fmt}").unlink(missing_ok=True)
+    title, blocks = sweep_document(root, frame, "report.md", figure)
+    io.write_text(root / "summary.md", to_markdown(title, blocks, root))
+    title, blocks = sweep_document(root, frame, "report.html", figure)
+    io.write_text(root / "report.html", to_html(title, blocks))
+    log.info("sweep summary of %d jobs in %s", len(frame), root)
+    return frame
