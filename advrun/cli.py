@@ -3,22 +3,31 @@
 A mistake in the user's input (an invalid value, a missing data file) ends with one line
 naming the key, exit status 2, and no result files that look like success; the run folder
 gets an ``error.txt``. Set ``ADVRUN_DEBUG=1`` to see the Python traceback instead.
+
+In a sweep (``advrun -m ...``) a failing job does not stop the others: its folder gets
+``error.txt`` (and ``traceback.txt`` for an unexpected exception), one line goes to standard
+error, and the launcher goes on. The sweep summary (:mod:`advrun.sweep`) lists the job as
+failed, and the command exits with status 1 once every job has ended.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from advrun import sweep
 from advrun.config import config_dir
 from advrun.errors import AdvrunError
 
 EXIT_USAGE = 2
+EXIT_JOBS_FAILED = 1
 
 
 def _debug() -> bool:
@@ -29,23 +38,40 @@ def _debug() -> bool:
 def _app(cfg: DictConfig) -> float | None:
     from advrun import experiment  # after Hydra has parsed the command line: keeps --help fast
 
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         metrics = experiment.run(cfg, output_dir)
     except AdvrunError as e:
         if _debug():
             raise
-        from advrun import io
-
-        io.write_text(output_dir / "error.txt", f"{e}\n")
-        print(f"advrun: error: {e}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        sweep.record_failure(output_dir, str(e))
+        if not in_sweep:
+            print(f"advrun: error: {e}", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+        print(f"advrun: error in job {output_dir.name}: {e}", file=sys.stderr)
+        return None  # the launcher goes on; the Optuna sweeper counts the trial as failed
+    except Exception as e:
+        message = f"{type(e).__name__}: {e}"
+        sweep.record_failure(output_dir, message, traceback.format_exc())
+        if _debug() or not in_sweep:
+            raise
+        print(f"advrun: job {output_dir.name} failed: {message.splitlines()[0]} "
+              f"(traceback in {output_dir / 'traceback.txt'})", file=sys.stderr)
+        return None
     # The returned value is what Hydra sweepers (e.g. Optuna) optimise.
     return metrics.get("robust_accuracy", metrics["clean_accuracy"])
 
 
 def main() -> None:
+    sweep.forget_sweeps()
     _app()
+    outcome = sweep.last_sweep()
+    if outcome is None or outcome.ok:
+        return
+    print(f"advrun: {outcome.problems()}", file=sys.stderr)
+    sys.exit(EXIT_JOBS_FAILED)
 
 
 if __name__ == "__main__":

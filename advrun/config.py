@@ -80,8 +80,19 @@ def epsilons_from(value: Any, key: str) -> list[float]:
 def validate_run(cfg: DictConfig) -> None:
     """Check the run-wide keys (seed, device, train.*, eval.*) before any work starts."""
     _int(cfg, "seed", 0)
-    _int(cfg, "train.epochs", 1)
-    _int(cfg, "train.batch_size", 1)
+    _int(cfg, "train.epochs", 0)
+    if cfg.train.epochs == 0 and not OmegaConf.select(cfg, "model.checkpoint"):
+        raise ConfigError("train.epochs", "must be >= 1 (0, evaluating saved weights as they are, needs model.checkpoint)")
+    if cfg.train.batch_size != "full":
+        try:
+            _int(cfg, "train.batch_size", 1)
+        except ConfigError:
+            raise ConfigError("train.batch_size", f"must be an integer >= 1 or full, got {cfg.train.batch_size!r}") from None
+    for key in ("cache.enabled", "deterministic"):
+        if not isinstance(OmegaConf.select(cfg, key), bool):
+            raise ConfigError(key, f"must be true or false, got {OmegaConf.select(cfg, key)!r}")
+    if cfg.cache.enabled and (not isinstance(cfg.cache.dir, str) or not cfg.cache.dir):
+        raise ConfigError("cache.dir", f"must be a folder path, got {cfg.cache.dir!r}")
     _int(cfg, "eval.n_samples", 1, allow_none=True)
     _int(cfg, "eval.batch_size", 1)
     if cfg.eval.epsilons is not None:

@@ -26,6 +26,7 @@ from advrun.attacks.linear_exact import LinearExact
 from advrun.attacks.norms import norm_field, project, steepest_direction
 from advrun.attacks.pgd import PGD
 from advrun.errors import InvalidValue, require_int, require_non_negative, require_positive
+from advrun.losses import get_loss
 from advrun.models import ACTIVATIONS, Normalize, make_activation
 from advrun.training import predict
 
@@ -43,12 +44,21 @@ def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tenso
 
 @dataclass
 class Standard:
-    """Empirical risk minimisation: the mean cross-entropy on clean inputs."""
+    """Empirical risk minimisation: the mean training loss (``train.loss``, see
+    :mod:`advrun.losses`) on clean inputs. ``criterion`` names that loss; every defense applies
+    it to the inputs it trains on."""
 
     bounds: Bounds = (0.0, 1.0)
+    criterion: str = "cross_entropy"
+    #: The training losses this defense can use (None: all of :data:`advrun.losses.LOSSES`).
+    supported_losses = None
+
+    def criterion_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The configured training loss of ``logits`` for labels ``y``."""
+        return get_loss(self.criterion)(logits, y)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model(x), y)
+        return self.criterion_loss(model(x), y)
 
     def check_model(self, model: nn.Module, in_shape: Sequence[int]) -> None:
         """Raise :class:`InvalidValue` if this defense cannot train ``model``; any model will do here."""
@@ -65,7 +75,11 @@ class Adversarial(Standard):
     ``alpha * L(x) + (1 - alpha) * L(x_adv)`` (``alpha = 0``: pure adversarial training).
 
     The attack runs with the model in eval mode and takes gradients with respect to the
-    input only, so crafting the examples leaves no gradient in the parameters.
+    input only, so crafting the examples leaves no gradient in the parameters. With batch
+    norm (``model.batch_norm``) the attack thus sees the running statistics, the network the
+    evaluation attacks, and its many forward passes do not move those statistics; dropout is
+    off while crafting. The loss on the crafted inputs is computed in the caller's mode (train
+    mode in the training loop).
     """
 
     attack: Attack | None = None
@@ -79,10 +93,10 @@ class Adversarial(Standard):
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x_adv = self.attack(model, x, y, bounds=self.bounds).x_adv
-        adversarial = F.cross_entropy(model(x_adv), y)
+        adversarial = self.criterion_loss(model(x_adv), y)
         if self.alpha == 0:
             return adversarial
-        return self.alpha * F.cross_entropy(model(x), y) + (1 - self.alpha) * adversarial
+        return self.alpha * self.criterion_loss(model(x), y) + (1 - self.alpha) * adversarial
 
 
 @dataclass
@@ -141,7 +155,7 @@ class TRADES(Standard):
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x_adv = self.adversarial_inputs(model, x)
         logits = model(x)
-        return F.cross_entropy(logits, y) + self.beta * kl_divergence(logits, model(x_adv)).mean()
+        return self.criterion_loss(logits, y) + self.beta * kl_divergence(logits, model(x_adv)).mean()
 
 
 @dataclass
@@ -152,7 +166,7 @@ class FastAT(Adversarial):
     onto the ball and the data bounds; advrun's :class:`~advrun.attacks.PGD` with one step,
     random start and the last iterate kept. Like every advrun attack the step is taken in
     eval mode (the authors take it in train mode; the two differ only for batch norm or
-    dropout, which advrun's models do not have). Their cyclic learning rate and mixed
+    dropout: see :class:`Adversarial`). Their cyclic learning rate and mixed
     precision are not part of the objective and are left to the optimizer.
 
     Catastrophic overfitting (their term: robustness to PGD collapses within an epoch while
@@ -194,6 +208,15 @@ class FastAT(Adversarial):
         if self.check_batch is None:
             self.check_batch = (x.detach().clone(), y.detach().clone())
         return super().loss(model, x, y)
+
+    def state_dict(self) -> dict:
+        """What the overfitting check has seen so far, for training checkpoints."""
+        return {"history": list(self.history), "best_epoch": self.best_epoch, "best_state": self.best_state,
+                "check_batch": list(self.check_batch) if self.check_batch is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history, self.best_epoch, self.best_state = list(state["history"]), state["best_epoch"], state["best_state"]
+        self.check_batch = tuple(state["check_batch"]) if state["check_batch"] is not None else None
 
     def check_accuracy(self, model: nn.Module) -> float:
         """Accuracy under the check PGD on the check batch (correct both clean and attacked)."""
@@ -256,6 +279,8 @@ class LinearRobust(Standard):
     eps: float = 0.1
     norm: float | str = "inf"
     checked: nn.Module | None = field(default=None, init=False, repr=False, compare=False)
+    #: The closed form is the worst case of the logistic / cross-entropy loss only.
+    supported_losses = ("cross_entropy", "logistic")
 
     def __post_init__(self) -> None:
         require_non_negative("eps", self.eps)
@@ -281,7 +306,7 @@ class LinearRobust(Standard):
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.checked is not model:
             self.check_model(model, x.shape[1:])
-        return F.cross_entropy(self.worst_case_logits(model, x, y), y)
+        return self.criterion_loss(self.worst_case_logits(model, x, y), y)
 
 
 #: Layer types of advrun's activations: all act elementwise.
@@ -323,8 +348,9 @@ def class_gradients_closed(parts, x: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 def class_gradients_autograd(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and input gradients ``(n, K, d)`` of any model by double backpropagation (one
-    backward pass per class, ``create_graph=True``). Assumes samples do not interact (no batch norm
-    in train mode), as holds for advrun's models."""
+    backward pass per class, ``create_graph=True``). Assumes samples do not interact: batch norm
+    in train mode couples them, so :meth:`CrossLipschitz.check_model` refuses it (dropout's
+    per-sample masks are fine)."""
     x = x.detach().requires_grad_(True)
     logits = model(x)
     rows = [torch.autograd.grad(logits[:, k].sum(), x, create_graph=True)[0].flatten(1)
@@ -356,6 +382,9 @@ class CrossLipschitz(Standard):
             raise InvalidValue("form", f"must be 'auto', 'closed' or 'autograd', got {self.form!r}")
 
     def check_model(self, model: nn.Module, in_shape: Sequence[int]) -> None:
+        if any(isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) for module in model.modules()):
+            raise InvalidValue("_target_", "cross_lipschitz penalises per-sample input gradients, which batch norm "
+                                           "in train mode couples across the batch; use model.batch_norm=false")
         if self.form == "closed" and one_hidden_layer(model) is None:
             raise InvalidValue("form", f"the closed form needs a one-hidden-layer MLP (model=mlp model.hidden=[h]), "
                                        f"not this {type(model).__name__}; use form=auto or autograd")
@@ -377,4 +406,4 @@ class CrossLipschitz(Standard):
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits, gradients = self.class_gradients(model, x)
-        return F.cross_entropy(logits, y) + self.weight * self.penalty(gradients)
+        return self.criterion_loss(logits, y) + self.weight * self.penalty(gradients)

@@ -5,9 +5,12 @@ The runner owns no algorithm: each step is one call into the module that does it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
+import pickle
 import random
 import time
 from dataclasses import dataclass
@@ -17,10 +20,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from advrun import certify, io
+from advrun import audit, cache, certify, io, losses, schedules
 from advrun.attacks.base import Attack
 from advrun.attacks.norms import norm_name, parse_norm
 from advrun.config import build, epsilons_from, resolve_device, to_container, validate_run
@@ -30,8 +33,10 @@ from advrun.errors import AdvrunError, ConfigError, InvalidValue
 from advrun.evaluation import CURVE_COLUMNS, robustness_curve
 from advrun.models import Classifier
 from advrun.reporting import plots
+from advrun.reporting.figures import write_model_figures
+from advrun.reporting.report import write_run_report
 from advrun.reporting.tables import summary_table
-from advrun.training import NonFiniteLoss, accuracy, train
+from advrun.training import HISTORY_COLUMNS, CorruptCheckpoint, NonFiniteLoss, accuracy, train
 from advrun.versions import git_commit, versions
 
 log = logging.getLogger(__name__)
@@ -45,10 +50,70 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def seeds(seed: int) -> dict[str, int]:
+    """The seed of every generator a run draws from (recorded in ``metrics.json``)."""
+    return {"python": seed, "numpy": seed % 2**32, "torch": seed, "batch_order": seed, "evaluation": seed}
+
+
+def set_deterministic(on: Any) -> None:
+    """``deterministic=true``: PyTorch's deterministic algorithms (and cuBLAS' fixed workspace)."""
+    if not isinstance(on, bool):
+        raise ConfigError("deterministic", f"must be true or false, got {on!r}")
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.benchmark = False
+
+
+def model_spec(node: DictConfig) -> DictConfig:
+    """The ``model`` node without ``checkpoint``, which is not a constructor argument."""
+    spec = node.copy()
+    with open_dict(spec):
+        spec.pop("checkpoint", None)
+    return spec
+
+
+def load_weights(model: nn.Module, path: Any, key: str = "model.checkpoint") -> None:
+    """Load the ``state_dict`` at ``path`` (a file, or a run folder holding ``model.pt``) into ``model``.
+
+    The file loads with ``weights_only=True`` onto the CPU (the model moves to the run's device
+    afterwards); a file that needs arbitrary unpickling is refused, and a mismatch names the keys
+    that differ.
+    """
+    file = cache.weights_file(path)
+    if not file.is_file():
+        raise ConfigError(key, f"{file} does not exist")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ConfigError(key, f"{file} needs arbitrary unpickling, which advrun refuses (weights_only=True): "
+                               f"{str(e).splitlines()[0]}. Save the model's state_dict instead") from None
+    except Exception as e:  # noqa: BLE001 - any unreadable file
+        raise ConfigError(key, f"{file} cannot be read as PyTorch weights ({type(e).__name__}: {e})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict) and "format" in state:
+        state = state["model"]  # an advrun training checkpoint
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(key, f"{file} does not hold a state_dict (a dict of tensors)")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = [f"{label}: {', '.join(items[:6])}{', ...' if len(items) > 6 else ''}"
+                 for label, items in (("missing", missing), ("unexpected", unexpected),
+                                      ("shape (file vs model)", shapes)) if items]
+        raise ConfigError(key, f"{file} does not fit {type(model).__name__}: " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
 def build_model(node: DictConfig, data: Dataset) -> Classifier:
-    """The model a ``model`` config names, sized for ``data``, normalisation fitted to its training set."""
-    model = build(node, "model", in_shape=list(data.shape), num_classes=data.num_classes)
+    """The model a ``model`` config names, sized for ``data``, normalisation fitted to its training
+    set, then the weights of ``model.checkpoint`` when one is given."""
+    model = build(model_spec(node), "model", in_shape=list(data.shape), num_classes=data.num_classes)
     model.fit_normalization(data.x_train.cpu())
+    if node.get("checkpoint"):
+        load_weights(model, node.checkpoint)
     return model
 
 
@@ -127,6 +192,95 @@ def certified_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: fl
     } for eps, accuracy in zip(epsilons, accuracies)], columns=CURVE_COLUMNS)
 
 
+def audit_evaluation(cfg: DictConfig, model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor,
+                     evaluation, bounds, out: Path) -> tuple[list[audit.Check], dict[str, Any], float]:
+    """The evaluation audit (:mod:`advrun.audit`): ``audit.json`` written, each warning logged;
+    returns the checks, their summary for ``metrics.json`` and the seconds it took."""
+    start = time.perf_counter()
+    checks = audit.audit(model, attack, x, y, evaluation.curve, bounds=bounds, samples=evaluation.samples,
+                         batch_size=cfg.eval.batch_size, seed=cfg.seed)
+    io.write_json(out / "audit.json", audit.checks_to_records(checks))
+    for check in checks:
+        if check.status == audit.WARN:
+            log.warning("audit %s: %s. Try: %s", check.name, check.reason, check.advice)
+    return checks, audit.summary(checks), time.perf_counter() - start
+
+
+def check_loss(name: Any, data: Dataset, defense: Any) -> None:
+    """``train.loss`` must exist, suit the number of classes, and be one the defense can train with."""
+    try:
+        losses.check_classes(name, data.num_classes)
+    except InvalidValue as e:
+        raise ConfigError("train.loss", e.message) from None
+    supported = getattr(defense, "supported_losses", None)
+    if supported is not None and name not in supported:
+        raise ConfigError("train.loss", f"defense {type(defense).__name__} trains with {' or '.join(supported)}, "
+                                        f"not {name}")
+
+
+def build_scheduler_from(train_cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """The learning-rate schedule of ``train.schedule`` (:mod:`advrun.schedules`)."""
+    try:
+        return schedules.build_scheduler(
+            optimizer, train_cfg.schedule, steps_per_epoch, train_cfg.epochs,
+            step_epochs=train_cfg.step_epochs, gamma=train_cfg.gamma, peak=train_cfg.peak,
+        )
+    except InvalidValue as e:
+        raise ConfigError(f"train.{e.field}", e.message) from None
+
+
+def fit(cfg, model, defense, optimizer, scheduler, data, batch_size, generator, device, out) -> tuple[pd.DataFrame, dict]:
+    """Train ``model``, or resume its training, or reuse it from the model cache; return the
+    training history and how the model was obtained (recorded in ``metrics.json``).
+
+    With ``cache.enabled`` the resumable checkpoint lives in the cache entry (so the same config
+    started again resumes, see :mod:`advrun.cache`), otherwise in the run folder.
+    """
+    if cfg.train.epochs == 0:
+        log.info("train.epochs=0: evaluating the weights of model.checkpoint as they are")
+        return pd.DataFrame(columns=HISTORY_COLUMNS), {"trained": False, "source": str(cfg.model.checkpoint)}
+    entry = spec = None
+    if cfg.cache.enabled:
+        entry, spec = cache.entry_for(cfg, device)
+    checkpoint = entry.checkpoint if entry is not None else out / "checkpoint.pt"
+    with entry.lock() if entry is not None else contextlib.nullcontext():
+        if entry is not None and entry.complete():
+            try:
+                state, history = entry.load()
+                model.load_state_dict(state)
+            except Exception as e:  # noqa: BLE001 - an unreadable entry is trained again
+                log.warning("cache entry %s cannot be read (%s: %s); training again", entry.path, type(e).__name__, e)
+            else:
+                log.info("reused the trained model of cache entry %s (no training)", entry.path)
+                return history, {"trained": False, "source": str(entry.path)}
+        resumed = checkpoint.exists()
+
+        def _train() -> pd.DataFrame:
+            return train(
+                model, defense, optimizer, data.x_train, data.y_train, data.x_test, data.y_test,
+                epochs=cfg.train.epochs, batch_size=batch_size, generator=generator, scheduler=scheduler,
+                checkpoint=checkpoint,
+            )
+
+        try:
+            try:
+                history = _train()
+            except CorruptCheckpoint as e:
+                aside = checkpoint.with_name(f"{checkpoint.name}.corrupt")
+                os.replace(checkpoint, aside)
+                log.warning("%s: not loaded; moved to %s, training from the start", e, aside)
+                resumed = False
+                history = _train()
+        except NonFiniteLoss as e:
+            kept = f"the last good checkpoint is kept in {checkpoint}" if checkpoint.exists() else "no epoch completed"
+            raise AdvrunError("optimizer.lr", f"{e}; {kept}; try a smaller learning rate") from None
+        if entry is not None:
+            entry.store(model.state_dict(), history, spec, out)
+            log.info("trained model stored in cache entry %s", entry.path)
+        checkpoint.unlink(missing_ok=True)
+    return history, {"trained": True, "resumed": resumed, "source": str(entry.path) if entry is not None else None}
+
+
 def _describe(obj: Any) -> str:
     return "none" if obj is None else type(obj).__name__
 
@@ -144,7 +298,8 @@ class Run:
 def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Train, attack and evaluate as ``cfg`` says; write the results into ``output_dir``.
 
-    ``metrics.json`` is written last: a folder without it holds no finished run.
+    ``metrics.json`` is written last of the results: a folder without it holds no finished run.
+    The report (``report.md``, ``report.html``) follows, built from the files on disk.
     """
     t0 = time.perf_counter()
     out = Path(output_dir)
@@ -155,18 +310,23 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     saved_config = out / ".hydra" / "config.yaml"
     if not saved_config.exists():  # called from Python rather than by the advrun command
         io.write_text(saved_config, OmegaConf.to_yaml(cfg))
+    set_deterministic(cfg.get("deterministic", False))
     generator = seed_everything(cfg.seed)
 
     data = load_dataset(to_container(cfg.dataset)).to(device)
     model = build_model(cfg.model, data).to(device)
     optimizer = build(cfg.optimizer, "optimizer", params=model.parameters())
-    defense = build(cfg.defense, "defense", bounds=data.bounds)
+    defense = build(cfg.defense, "defense", bounds=data.bounds, criterion=cfg.train.loss)
     try:
         defense.check_model(model, data.shape)
     except InvalidValue as e:
         raise ConfigError(f"defense.{e.field}", e.message) from None
+    check_loss(cfg.train.loss, data, defense)
+    batch_size = len(data.x_train) if cfg.train.batch_size == "full" else cfg.train.batch_size
+    scheduler = build_scheduler_from(cfg.train, optimizer, math.ceil(len(data.x_train) / batch_size))
     attack, epsilons = build_attack(cfg, data, model)
     certify_norm = certification_norm(cfg, data, model, attack)
+    audit_on = audit.requested(cfg.eval.get("audit", True))
     t_data = time.perf_counter()
     title = f"{data.name} / {_describe(model)} / defense {_describe(defense)}"
     log.info(
@@ -174,13 +334,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         data.name, len(data.x_train), len(data.x_test), data.shape, data.num_classes, device,
     )
 
-    try:
-        history = train(
-            model, defense, optimizer, data.x_train, data.y_train, data.x_test, data.y_test,
-            epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, generator=generator,
-        )
-    except NonFiniteLoss as e:
-        raise AdvrunError("optimizer.lr", f"{e}; try a smaller learning rate") from None
+    history, training = fit(cfg, model, defense, optimizer, scheduler, data, batch_size, generator, device, out)
+    seed_everything(cfg.seed)  # the attacks draw the same numbers whether the model was trained, resumed or reused
     t_train = time.perf_counter()
     io.write_json(out / "model.json", {
         "in_shape": list(data.shape), "num_classes": data.num_classes,
@@ -188,14 +343,13 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     })
     io.save_torch(out / "model.pt", {k: v.cpu() for k, v in model.state_dict().items()})
     io.write_csv(out / "training.csv", history)
-    figure = plots.plot_training_curve(history, title)
-    io.save_figure(out / "training_curve.png", figure)
-    plots.close(figure)
+    if len(history):
+        plots.save(plots.plot_training_curve(history, title), out / "training_curve")
 
     n_eval = cfg.eval.n_samples or len(data.x_test)
     x_eval, y_eval = data.x_test[:n_eval], data.y_test[:n_eval]
     clean = accuracy(model, x_eval, y_eval, cfg.eval.batch_size)
-    curve = None
+    curve = audited = None
     if attack is not None:
         attack.prepare(model, data.x_train, data.y_train, data.bounds)
         for name, image in attack.artifacts().items():
@@ -206,28 +360,36 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         curve = evaluation.curve
         if certify_norm is not None:
             curve = pd.concat([curve, certified_curve(model, x_eval, y_eval, certify_norm, epsilons)], ignore_index=True)
-        io.write_csv(out / "curve.csv", curve)
+        io.write_csv(out / "curve.csv", curve.drop(columns="time_s"))  # timings go to metrics.json's "timings"
         if evaluation.samples is not None:
             io.write_csv(out / "norms.csv", evaluation.samples)
-            figure = plots.plot_norm_distribution(evaluation.samples, attack.label)
-            io.save_figure(out / "norm_distribution.png", figure)
-            plots.close(figure)
-        figure = plots.plot_robustness_curve(curve, f"{title}\n{attack.label}, {len(x_eval)} test samples")
-        io.save_figure(out / "robustness_curve.png", figure)
-        plots.close(figure)
+            plots.save(plots.plot_norm_distribution(evaluation.samples, attack.label), out / "norm_distribution")
+        plots.save(plots.plot_robustness_curve(curve, f"{title}\n{attack.label}, {len(x_eval)} test samples",
+                                               data.bounds), out / "robustness_curve")
+        if audit_on:
+            audited = audit_evaluation(cfg, model, attack, x_eval, y_eval, evaluation, data.bounds, out)
     t_eval = time.perf_counter()
+    write_model_figures(out, model, attack, data, x_eval, y_eval, title)
 
     metrics = _metrics(cfg, data, device, history, clean, len(x_eval), attack, curve)
+    metrics["training"] = training
+    if audited is not None:
+        metrics["audit"] = audited[1]
     metrics["timings"] = {
         "setup_s": t_data - t0, "train_s": t_train - t_data, "eval_s": t_eval - t_train,
         "total_s": time.perf_counter() - t0,
+        "audit_s": audited[2] if audited is not None else 0.0,
+        "curve": [] if curve is None else json.loads(curve[["attack", "norm", "eps", "time_s"]].to_json(orient="records")),
     }
     io.write_json(out / "metrics.json", metrics)
     if curve is not None:
         results.print(summary_table(curve, clean, len(x_eval), f"{title}: {attack.label}"))
+        if audited is not None:
+            results.print(audit.audit_table(audited[0]))
     else:
         results.print(f"{title}: clean accuracy {100 * clean:.2f}% on {len(x_eval)} test samples (no attack)")
-    results.print(f"results in {out}")
+    write_run_report(out)  # after metrics.json: built from the files on disk, like advrun-report
+    results.print(f"results in {out} (report: {out / 'report.html'})")
     return metrics
 
 
@@ -238,8 +400,8 @@ def _metrics(cfg, data, device, history, clean, n_eval, attack, curve) -> dict[s
         "n_test": len(data.x_test),
         "n_eval": n_eval,
         "clean_accuracy": clean,
-        "test_accuracy": float(history["test_accuracy"].iloc[-1]),
-        "final_train_loss": float(history["loss"].iloc[-1]),
+        "test_accuracy": float(history["test_accuracy"].iloc[-1]) if len(history) else math.nan,
+        "final_train_loss": float(history["loss"].iloc[-1]) if len(history) else math.nan,
         "denominators": {
             "clean_accuracy": "correct clean predictions / n_eval",
             "robust_accuracy": "samples correct both clean and under attack / n_eval",
@@ -260,10 +422,12 @@ def _metrics(cfg, data, device, history, clean, n_eval, attack, curve) -> dict[s
             "eps": attack.eps if attack.lp_bounded else None,
             "robust_accuracy": float(headline["robust_accuracy"]),
             "success_rate": float(headline["success_rate"]),
-            "curve": json.loads(curve.to_json(orient="records")),
+            "curve": json.loads(curve.drop(columns="time_s").to_json(orient="records")),
         })
     metrics.update({
         "seed": cfg.seed,
+        "seeds": seeds(cfg.seed),
+        "deterministic": bool(cfg.get("deterministic", False)),
         "device": str(device),
         "versions": versions(),
         "git_commit": git_commit(),
@@ -283,7 +447,7 @@ def load_run(path: str | Path) -> Run:
             raise AdvrunError("path", f"{path} is not a finished advrun run: {file.name} is missing")
     config = OmegaConf.load(needed[0])
     info = json.loads(needed[1].read_text())
-    model = build(config.model, "model", in_shape=info["in_shape"], num_classes=info["num_classes"])
+    model = build(model_spec(config.model), "model", in_shape=info["in_shape"], num_classes=info["num_classes"])
     state = torch.load(needed[2], map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     model.eval()

@@ -2,21 +2,38 @@
 
 After each epoch the loop calls the defense's ``end_of_epoch(model, epoch)`` when it has one;
 ``"stop"`` ends training there (the defense leaves the model it wants kept, e.g. the weights
-of an earlier epoch), and that epoch's row describes the model returned."""
+of an earlier epoch), and that epoch's row describes the model returned.
+
+With a ``checkpoint`` path the loop saves, atomically after every epoch, everything it needs to
+go on: model, optimizer, schedule, the defense's state, the random states (Python, NumPy, PyTorch
+and the batch-order generator) and the rows so far. Started again with the same path it continues
+after the last saved epoch, and ends with the same model as a run that was never interrupted.
+Checkpoints load with ``weights_only=True``; a corrupt or truncated one raises
+:class:`CorruptCheckpoint` instead of being loaded."""
 
 from __future__ import annotations
 
 import logging
 import math
+import random
 import time
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
+from advrun import io
 from advrun.console import progress_bar
 
 log = logging.getLogger(__name__)
+
+#: The columns of the training history (``training.csv``), one row per epoch.
+HISTORY_COLUMNS = ["epoch", "loss", "lr", "train_accuracy", "test_accuracy", "time_s"]
+
+#: Bumped when the layout of a checkpoint changes; older checkpoints are then refused.
+CHECKPOINT_FORMAT = 1
 
 
 @torch.no_grad()
@@ -40,6 +57,50 @@ class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class CorruptCheckpoint(RuntimeError):
+    """A training checkpoint that cannot be read back (truncated, corrupt or of another format)."""
+
+
+def random_states(generator: torch.Generator) -> dict:
+    """The states of every random generator training draws from (plain types and tensors only)."""
+    numpy_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "batch_order": generator.get_state(),
+    }
+
+
+def restore_random_states(states: dict, generator: torch.Generator) -> None:
+    """Inverse of :func:`random_states`."""
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    generator.set_state(states["batch_order"])
+
+
+CHECKPOINT_KEYS = ("format", "epoch", "stopped", "history", "model", "optimizer", "scheduler", "defense", "random")
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint written by :func:`train`; :class:`CorruptCheckpoint` if it cannot be trusted."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, refused type: all mean "do not use"
+        raise CorruptCheckpoint(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(state, dict) or any(key not in state for key in CHECKPOINT_KEYS):
+        raise CorruptCheckpoint(f"{path} is not an advrun training checkpoint")
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise CorruptCheckpoint(f"{path} has checkpoint format {state['format']}, this advrun writes {CHECKPOINT_FORMAT}")
+    return state
+
+
 def train(
     model: nn.Module,
     defense,
@@ -52,16 +113,35 @@ def train(
     epochs: int,
     batch_size: int,
     generator: torch.Generator,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    checkpoint: Path | None = None,
 ) -> pd.DataFrame:
-    """Train ``model`` in place; return one row per epoch (mean loss, train and test accuracy)."""
+    """Train ``model`` in place; return one row per epoch (mean loss, learning rate, train and
+    test accuracy). ``scheduler`` is stepped after every optimizer step; ``checkpoint`` (a file
+    path) makes training resumable, see the module docstring."""
     end_of_epoch = getattr(defense, "end_of_epoch", None)
-    rows = []
+    rows: list[dict] = []
+    first_epoch, stopped = 1, False
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = load_checkpoint(Path(checkpoint))
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if hasattr(defense, "load_state_dict"):
+            defense.load_state_dict(state["defense"])
+        restore_random_states(state["random"], generator)
+        rows, first_epoch, stopped = list(state["history"]), state["epoch"] + 1, state["stopped"]
+        log.info("resuming training after epoch %d of %d from %s", state["epoch"], epochs, checkpoint)
     n = len(x_train)
     steps = math.ceil(n / batch_size)
     with progress_bar() as bar:
-        task = bar.add_task("training", total=epochs * steps)
-        for epoch in range(1, epochs + 1):
+        task = bar.add_task("training", total=epochs * steps, completed=(first_epoch - 1) * steps)
+        for epoch in range(first_epoch, epochs + 1):
+            if stopped:
+                break
             start = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
             model.train()
             order = torch.randperm(n, generator=generator).to(x_train.device)
             total, count = 0.0, 0
@@ -73,25 +153,35 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
                 total += loss.item() * len(index)
                 count += len(index)
                 bar.advance(task)
-            stop = end_of_epoch is not None and end_of_epoch(model, epoch) == "stop"
+            stopped = end_of_epoch is not None and end_of_epoch(model, epoch) == "stop"
             row = {
                 "epoch": epoch,
                 "loss": total / count,
+                "lr": lr,
                 "train_accuracy": accuracy(model, x_train, y_train),
                 "test_accuracy": accuracy(model, x_test, y_test),
                 "time_s": time.perf_counter() - start,
             }
             rows.append(row)
+            if checkpoint is not None:
+                io.save_torch(checkpoint, {
+                    "format": CHECKPOINT_FORMAT, "epoch": epoch, "stopped": stopped, "history": rows,
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                    "defense": defense.state_dict() if hasattr(defense, "state_dict") else {},
+                    "random": random_states(generator),
+                })
             bar.update(task, description=f"training (epoch {epoch}/{epochs}, loss {row['loss']:.4f})")
             log.info(
                 "epoch %d/%d  loss %.4f  train acc %.2f%%  test acc %.2f%%",
                 epoch, epochs, row["loss"], 100 * row["train_accuracy"], 100 * row["test_accuracy"],
             )
-            if stop:
+            if stopped:
                 log.info("training stopped after epoch %d of %d at the defense's request", epoch, epochs)
-                break
     model.eval()
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)

@@ -125,3 +125,9 @@ def trained(digits):
         return _TRAINED[key]
 
     return _get
+
+
+@pytest.fixture(autouse=True)
+def _model_cache(tmp_path_factory, monkeypatch):
+    """Each test gets an empty model cache (runs from Python and from the command line alike)."""
+    monkeypatch.setenv("ADVRUN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))

@@ -35,6 +35,11 @@ TINY_DEFENSE = {
     "cross_lipschitz": ["model.hidden=[32]"],  # one hidden layer: the closed form
 }
 
+#: Per model, the overrides that make it train in about a second.
+TINY_MODEL = {
+    "resnet": ["model.width=8"],  # PreActResNet-18 at 1/8 of its width
+}
+
 OPTIONS = [(group, option) for group, options in groups().items() for option in options]
 
 
@@ -45,7 +50,7 @@ def test_every_attack_has_tiny_settings():
 def test_the_groups_hold_the_documented_options():
     found = groups()
     assert {"digits", "moons", "mnist", "fashion_mnist", "cifar10"} <= set(found["dataset"])
-    assert {"logreg", "mlp", "cnn", "wong_mnist"} <= set(found["model"])
+    assert {"logreg", "mlp", "cnn", "resnet", "wong_mnist"} <= set(found["model"])
     assert {"sgd", "adam"} <= set(found["optimizer"])
     assert {"none", "fgsm", "pgd"} <= set(found["attack"])
     assert {"none", "adversarial", "trades", "fast_at", "linear_robust", "cross_lipschitz"} <= set(found["defense"])
@@ -83,6 +88,8 @@ def test_option_composes_and_runs(group, option, make_cfg, tmp_path, request):
         overrides += _data_overrides(option, tmp_path, request)
     if (group, option) == ("model", "wong_mnist"):  # built for 28x28 MNIST only
         overrides += ["dataset=mnist", *_data_overrides("mnist", tmp_path, request)]
+    if group == "model":
+        overrides += TINY_MODEL.get(option, [])
     if group == "attack":
         overrides += TINY_ATTACK.get(option, [])
     if group == "defense":

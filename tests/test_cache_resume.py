@@ -1,0 +1,221 @@
+"""Model cache, resumable training, determinism and non-finite losses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from advrun import cache, experiment
+from advrun.defenses import Standard
+from advrun.errors import AdvrunError
+
+from tests.conftest import REPO, TINY, run_cli
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+RUN = [*TINY, "attack=fgsm", "model.hidden=[32]"]
+
+
+def numbers(metrics: dict) -> dict:
+    """metrics.json without what legitimately differs between runs: wall-clock timings and how
+    the model was obtained."""
+    return {k: v for k, v in metrics.items() if k not in ("timings", "training")}
+
+
+def entry(cfg) -> cache.Entry:
+    return cache.entry_for(cfg, torch.device("cpu"))[0]
+
+
+def test_a_second_run_reuses_the_model_and_gives_the_same_results(make_cfg, tmp_path):
+    cfg = make_cfg(*RUN)
+    first = experiment.run(cfg, tmp_path / "a")
+    second = experiment.run(cfg, tmp_path / "b")
+    assert first["training"] == {"trained": True, "resumed": False, "source": str(entry(cfg).path)}
+    assert second["training"] == {"trained": False, "source": str(entry(cfg).path)}
+    assert numbers(first) == numbers(second)
+    assert (tmp_path / "a" / "curve.csv").read_bytes() == (tmp_path / "b" / "curve.csv").read_bytes()
+    assert (tmp_path / "a" / "training.csv").read_text().splitlines()[0] == \
+        (tmp_path / "b" / "training.csv").read_text().splitlines()[0]
+    assert not entry(cfg).checkpoint.exists()  # the resumable checkpoint goes once the model is stored
+
+
+def test_attack_and_evaluation_keys_share_the_model_and_training_keys_do_not(make_cfg, tmp_path):
+    experiment.run(make_cfg(*RUN), tmp_path / "base")
+    reuse = [["attack=pgd", "attack.steps=2"], ["eval.epsilons=[0.05]"], ["eval.n_samples=20"]]
+    for i, overrides in enumerate(reuse):
+        assert experiment.run(make_cfg(*RUN, *overrides), tmp_path / f"r{i}")["training"]["trained"] is False
+    retrain = [["seed=1"], ["optimizer.lr=0.002"], ["train.epochs=3"], ["dataset.n_train=200"],
+               ["defense=trades", "defense.steps=1"]]
+    for i, overrides in enumerate(retrain):
+        assert experiment.run(make_cfg(*RUN, *overrides), tmp_path / f"t{i}")["training"]["trained"] is True, overrides
+
+
+def test_the_key_changes_with_the_code_version(make_cfg, monkeypatch):
+    cfg = make_cfg(*RUN)
+    before = entry(cfg).key
+    monkeypatch.setattr(cache, "code_version", lambda: "another-version")
+    assert entry(cfg).key != before
+
+
+def test_cache_can_be_turned_off(make_cfg, tmp_path):
+    cfg = make_cfg(*RUN, "cache.enabled=false", f"cache.dir={tmp_path / 'cache'}")
+    for name in "ab":
+        assert experiment.run(cfg, tmp_path / name)["training"] == {"trained": True, "resumed": False, "source": None}
+    assert not (tmp_path / "cache").exists()
+
+
+def test_parallel_jobs_racing_for_one_key_train_once(tmp_path):
+    args = [*RUN, "train.epochs=8", f"cache.dir={tmp_path / 'cache'}"]
+    jobs = [subprocess.Popen([sys.executable, "-m", "advrun", *args, f"hydra.run.dir={tmp_path / str(i)}"],
+                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for i in range(2)]
+    for job in jobs:
+        _, err = job.communicate(timeout=300)
+        assert job.returncode == 0, err
+    metrics = [json.loads((tmp_path / str(i) / "metrics.json").read_text()) for i in range(2)]
+    assert sorted(m["training"]["trained"] for m in metrics) == [False, True]
+    assert numbers(metrics[0]) == numbers(metrics[1])
+    assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir()]) == 1
+
+
+def _interrupt_after(monkeypatch, epoch: int) -> None:
+    """Make training stop with KeyboardInterrupt (what SIGINT raises) after ``epoch`` epochs."""
+    original = Standard.end_of_epoch
+
+    def end_of_epoch(self, model, current):
+        if current == epoch:
+            raise KeyboardInterrupt
+        return original(self, model, current)
+
+    monkeypatch.setattr(Standard, "end_of_epoch", end_of_epoch)
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_an_interrupted_run_resumes_and_ends_as_if_never_interrupted(make_cfg, tmp_path, monkeypatch, cached):
+    overrides = [*RUN, "train.epochs=5", "train.schedule=cosine", "model.dropout=0.2", f"cache.enabled={cached}"]
+    reference = experiment.run(make_cfg(*overrides, f"cache.dir={tmp_path / 'reference-cache'}"), tmp_path / "ref")
+
+    cfg = make_cfg(*overrides, f"cache.dir={tmp_path / 'cache'}")
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, 3)
+        with pytest.raises(KeyboardInterrupt):
+            experiment.run(cfg, tmp_path / "run")
+    checkpoint = entry(cfg).checkpoint if cached else tmp_path / "run" / "checkpoint.pt"
+    assert checkpoint.is_file() and not (tmp_path / "run" / "metrics.json").exists()
+
+    resumed = experiment.run(cfg, tmp_path / ("again" if cached else "run"))  # same config; same folder without cache
+    assert resumed["training"]["trained"] and resumed["training"]["resumed"]
+    assert numbers(resumed) == numbers(reference)
+    out = tmp_path / ("again" if cached else "run")
+    assert (out / "curve.csv").read_bytes() == (tmp_path / "ref" / "curve.csv").read_bytes()
+    assert not checkpoint.exists()
+
+
+def test_a_killed_process_resumes_from_its_last_checkpoint(tmp_path):
+    """SIGKILL in the middle of training, then the same command again: same final results as a run
+    that was never interrupted."""
+    args = ["device=cpu", "attack=fgsm", "dataset.n_train=300", "train.epochs=150", "model.hidden=[32]",
+            "eval.n_samples=50"]
+    env = {"ADVRUN_CACHE_DIR": str(tmp_path / "cache")}
+    job = subprocess.Popen([sys.executable, "-m", "advrun", *args, f"hydra.run.dir={tmp_path / 'killed'}"],
+                           cwd=tmp_path, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((tmp_path / "cache").glob("*/checkpoint.pt")):
+        time.sleep(0.05)
+    job.send_signal(signal.SIGKILL)
+    job.wait(timeout=30)
+    assert list((tmp_path / "cache").glob("*/checkpoint.pt")), "the run finished before it could be killed"
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+
+    again = run_cli(*args, "hydra.run.dir=again", cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "resuming training after epoch" in again.stderr
+    reference = run_cli(*args, "hydra.run.dir=reference", cwd=tmp_path, env={"ADVRUN_CACHE_DIR": str(tmp_path / "c2")})
+    assert reference.returncode == 0, reference.stderr
+    a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("again", "reference"))
+    assert numbers(a) == numbers(b)
+    assert (tmp_path / "again" / "curve.csv").read_bytes() == (tmp_path / "reference" / "curve.csv").read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_corrupt_checkpoint_is_reported_and_not_loaded(make_cfg, tmp_path, monkeypatch, caplog, damage):
+    cfg = make_cfg(*RUN, "train.epochs=4")
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            experiment.run(cfg, tmp_path / "first")
+    checkpoint = entry(cfg).checkpoint
+    content = checkpoint.read_bytes()
+    checkpoint.write_bytes(b"not a checkpoint" if damage == "garbage" else content[: len(content) // 2])
+    metrics = experiment.run(cfg, tmp_path / "second")
+    assert metrics["training"]["trained"] and not metrics["training"]["resumed"]
+    assert "cannot be read" in caplog.text and "training from the start" in caplog.text
+    assert checkpoint.with_name("checkpoint.pt.corrupt").is_file()  # kept for inspection, never loaded
+    reference = experiment.run(make_cfg(*RUN, "train.epochs=4", "cache.enabled=false"), tmp_path / "reference")
+    assert numbers(metrics) == numbers(reference)
+
+
+def test_a_cached_model_that_needs_unpickling_is_not_loaded(make_cfg, tmp_path, caplog):
+    cfg = make_cfg(*RUN)
+    experiment.run(cfg, tmp_path / "a")
+    torch.save(torch.nn.Linear(2, 2), entry(cfg).path / "model.pt")  # a pickled module in place of the weights
+    metrics = experiment.run(cfg, tmp_path / "b")
+    assert metrics["training"]["trained"] is True
+    assert "cannot be read" in caplog.text
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(make_cfg, tmp_path, monkeypatch):
+    cfg = make_cfg(*RUN, "train.epochs=4")
+    steps_per_epoch = 240 // 32 + 1
+    calls = {"n": 0}
+    original = Standard.loss
+
+    def loss(self, model, x, y):
+        calls["n"] += 1
+        value = original(self, model, x, y)
+        return value * float("nan") if calls["n"] > 2 * steps_per_epoch else value
+
+    monkeypatch.setattr(Standard, "loss", loss)
+    with pytest.raises(AdvrunError, match="training loss became nan in epoch 3; the last good checkpoint is kept") as e:
+        experiment.run(cfg, tmp_path)
+    assert e.value.key == "optimizer.lr"
+    state = torch.load(entry(cfg).checkpoint, weights_only=True)
+    assert state["epoch"] == 2
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_a_nan_loss_from_the_command_line_is_one_clear_error(tmp_path):
+    result = run_cli(*TINY, "attack=none", "optimizer=sgd", "optimizer.lr=1e30", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "advrun: error: optimizer.lr: training loss became" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_identical_runs_write_identical_results(make_cfg, tmp_path):
+    """Determinism: the same config and seed (seed 0 included) give the same numbers and the same
+    curve.csv, byte for byte, with the cache off so that both runs train."""
+    for seed in (0, 3):
+        cfg = make_cfg(*RUN, "attack=pgd", "attack.steps=3", f"seed={seed}", "cache.enabled=false",
+                       "deterministic=true", "model.dropout=0.1")
+        a, b = (experiment.run(cfg, tmp_path / f"{seed}{d}") for d in "ab")
+        assert numbers(a) == numbers(b)
+        assert (tmp_path / f"{seed}a" / "curve.csv").read_bytes() == (tmp_path / f"{seed}b" / "curve.csv").read_bytes()
+        weights = [torch.load(tmp_path / f"{seed}{d}" / "model.pt", weights_only=True) for d in "ab"]
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert numbers(a)["seeds"]["torch"] == 3
+    torch.use_deterministic_algorithms(False)
+
+
+def test_the_readme_documents_the_cache():
+    readme = (REPO / "README.md").read_text()
+    assert "cache.enabled=false" in readme and "ADVRUN_CACHE_DIR" in readme
