@@ -103,6 +103,6 @@ def test_multirun_over_two_options_of_a_group(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli("-m", *FAST, "model=logreg,mlp", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    targets = sorted((sweep / str(i) / ".hydra" / "config.yaml").read_text().split("_target_: advrun.models.")[1].split()[0]
-                     for i in range(2))
+    targets = sorted(config.read_text().split("_target_: advrun.models.")[1].split()[0]
+                     for config in sweep.glob("*/.hydra/config.yaml"))
     assert targets == ["LogReg", "MLP"] and len(_jobs(sweep)) == 2
