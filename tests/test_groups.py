@@ -9,6 +9,9 @@ from advrun import experiment
 from tests.conftest import TINY, groups
 from tests.fake_data import write_mnist_like
 
+#: Tiny models on a shared 2-core machine: a second intra-op thread only adds contention.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 #: Per attack, the overrides that make it run in about a second.
 TINY_ATTACK = {
     "pgd": ["attack.steps=3"],
