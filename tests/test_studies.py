@@ -39,6 +39,18 @@ def test_every_study_composes_and_cites_its_source(make_cfg, name):
     assert "advrun" in header and any(str(year) in header for year in range(2013, 2021)), name
 
 
+@pytest.mark.parametrize("order", ["command line", "sweep"])
+@pytest.mark.parametrize("regularizer", ["none", "weight_decay", "dropout", "cross_lipschitz"])
+def test_crosslip_regularizer_applies_whichever_override_comes_first(make_cfg, regularizer, order):
+    # `advrun -m +experiment=crosslip_mnist` puts the sweeper's +regularizer before +experiment.
+    overrides = ["+experiment=crosslip_mnist", f"+regularizer={regularizer}"]
+    cfg = make_cfg(*(overrides if order == "command line" else overrides[::-1]))
+    assert cfg.defense._target_.endswith("CrossLipschitz" if regularizer == "cross_lipschitz" else "Standard")
+    assert (cfg.optimizer.get("weight_decay", 0) > 0) == (regularizer == "weight_decay")
+    assert (cfg.model.get("dropout", 0) > 0) == (regularizer == "dropout")
+    assert cfg.model.activation == "softplus" and list(cfg.model.hidden) == [256]
+
+
 @pytest.fixture
 def mnist(shared_data):
     return [f"dataset.root={shared_data}"]
