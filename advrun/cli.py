@@ -20,10 +20,12 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from advrun import sweep
-from advrun.config import config_dir
+from advrun.config import composition_error, config_dir
 from advrun.errors import AdvrunError
 
 EXIT_USAGE = 2
@@ -42,7 +44,10 @@ def _app(cfg: DictConfig) -> float | None:
     output_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        metrics = experiment.run(cfg, output_dir)
+        try:
+            metrics = experiment.run(cfg, output_dir)
+        except OmegaConfBaseException as e:  # e.g. an interpolation that does not resolve, a key removed with ~
+            raise composition_error(e) from e
     except AdvrunError as e:
         if _debug():
             raise
@@ -66,7 +71,19 @@ def _app(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     sweep.forget_sweeps()
-    _app()
+    if _debug() or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        _app()  # Hydra's own report, with the traceback
+    else:
+        # Hydra reports its errors (an override that does not parse, an unknown option or key) in
+        # several lines, some with a traceback; let them through to report them in advrun's one line.
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        try:
+            _app()
+        except (HydraException, OmegaConfBaseException) as e:
+            print(f"advrun: error: {composition_error(e)}", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+        finally:
+            del os.environ["HYDRA_FULL_ERROR"]
     outcome = sweep.last_sweep()
     if outcome is None or outcome.ok:
         return

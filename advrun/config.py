@@ -3,14 +3,16 @@ that name the offending key, and validation of the run-wide keys."""
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hydra.errors import InstantiationException
+from hydra.errors import HydraException, InstantiationException, MissingConfigException, OverrideParseException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from advrun.errors import ConfigError, InvalidValue
 
@@ -52,9 +54,57 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
         where = re.sub(r"(?<=[A-Za-z_])(\d+)(?=\.|$)", r".\1", found.group(1)) if found else key
         if isinstance(cause, InvalidValue):
             raise ConfigError(f"{where}.{cause.field}", cause.message) from None
-        if isinstance(cause, (ValueError, TypeError)):
+        if isinstance(cause, TypeError):
+            raise _keyword_error(node, key, where, cause, supplied=set(kwargs)) from None
+        if isinstance(cause, ValueError):
             raise ConfigError(where, str(cause)) from None
         raise ConfigError(where, str(e).splitlines()[0]) from None
+
+
+def composition_error(error: HydraException | OmegaConfBaseException) -> ConfigError:
+    """Hydra's and OmegaConf's complaints about the command line (an override that does not
+    parse, an option that does not exist, a key the config lacks, an interpolation that does not
+    resolve) as one :class:`ConfigError` naming the key, for the one-line report of the CLI."""
+    def one_line(text: str) -> str:
+        lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+        return " ".join(line for line in lines if not line.startswith(("See https://", "full_key:", "object_type=")))
+
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options is not None:
+        group, _, name = error.missing_cfg_file.rpartition("/")
+        options = ", ".join(sorted(error.options)) or "none"
+        return ConfigError(group or name, f"no option {name!r}; available options in {group!r}: {options}")
+    if isinstance(error, OverrideParseException):
+        key = error.override.split("=", 1)[0].lstrip("+~") or "command line"
+        return ConfigError(key, f"cannot parse override {error.override!r}: {one_line(error.message)}")
+    cause = error if isinstance(error, OmegaConfBaseException) else error.__cause__
+    key = getattr(cause, "full_key", None) if isinstance(cause, OmegaConfBaseException) else None
+    message = one_line(error)
+    if cause is not None and cause is not error:
+        message = f"{message} ({one_line(cause)})"
+    return ConfigError(key or "command line", message)
+
+
+def _keyword_error(node: DictConfig, key: str, where: str, error: TypeError, supplied: set[str]) -> ConfigError:
+    """A constructor's complaint about its keywords, as an error naming the config key and the
+    keys the chosen class does accept (``attack.steps: is not a key of FGSM; its keys: eps, ...``)."""
+    found = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+    if not found:
+        return ConfigError(where, str(error))
+    inner = where[len(key) + 1:] if where.startswith(f"{key}.") else ""  # "attacks.0" in "attack.attacks.0"
+    target = OmegaConf.select(node, f"{inner}._target_" if inner else "_target_", default=None)
+    accepted = ""
+    try:
+        from hydra.utils import get_class
+
+        parameters = inspect.signature(get_class(target)).parameters
+        names = [name for name, p in parameters.items()
+                 if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and (inner or name not in supplied)]
+        accepted = f"; its keys: {', '.join(names)}" if names else "; it takes no keys"
+    except Exception:  # the message stays useful without the list
+        pass
+    owner = target.rsplit(".", 1)[-1] if target else "this config"
+    return ConfigError(f"{where}.{found.group(1)}", f"is not a key of {owner}{accepted} (a key left over from "
+                                                    f"another choice of this group, or misspelt?)")
 
 
 def _int(cfg: DictConfig, key: str, minimum: int, allow_none: bool = False) -> int | None:
@@ -79,6 +129,10 @@ def epsilons_from(value: Any, key: str) -> list[float]:
 
 def validate_run(cfg: DictConfig) -> None:
     """Check the run-wide keys (seed, device, train.*, eval.*) before any work starts."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # every ${...} and ??? at once, up front
+    except OmegaConfBaseException as e:
+        raise composition_error(e) from None
     _int(cfg, "seed", 0)
     _int(cfg, "train.epochs", 0)
     if cfg.train.epochs == 0 and not OmegaConf.select(cfg, "model.checkpoint"):

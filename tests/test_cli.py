@@ -62,6 +62,9 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
     (["attack.norm=7"], "attack.norm"),
     (["dataset=mnist", "dataset.root=NOWHERE", "dataset.download=false"], "dataset.root"),
     (["attack=linear_exact"], "attack._target_"),  # exact for affine models only; the default is an MLP
+    (["attack=fgsm", "+attack.steps=3"], "attack.steps"),  # a key FGSM does not take
+    (["defense=none", "+defense.weight=0.1"], "defense.weight"),
+    (["attack.eps=${nope}"], "attack.eps"),  # an interpolation that does not resolve, found before training
 ])
 def test_invalid_input_is_one_line_exit_2_no_results(tmp_path, overrides, key):
     out = tmp_path / "run"
@@ -81,10 +84,23 @@ def test_debug_switch_shows_the_traceback(tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
-def test_unknown_option_lists_the_valid_ones(tmp_path):
-    proc = run_cli("model=transformer", cwd=tmp_path)
-    assert proc.returncode != 0
-    assert "Available options in 'model'" in proc.stderr and "mlp" in proc.stderr
+@pytest.mark.parametrize("overrides, key, words", [
+    (["model=transformer"], "model", "available options in 'model': cnn, logreg, mlp"),
+    (["+experiment=nope"], "experiment", "madry_mnist"),
+    (["attack=fgsm", "attack.steps=3"], "attack.steps", "+attack.steps=3"),  # FGSM's config has no steps
+    (["train.epochs=[1,"], "train.epochs", "cannot parse"),
+    (["attack.eps"], "attack.eps", "cannot parse"),
+    (["~attack"], "attack", "not in struct"),
+    (["-m", "attack.eps=0.1,0.2", "model=nope"], "model", "available options"),
+])
+def test_command_line_mistakes_hydra_finds_are_one_line_too(tmp_path, overrides, key, words):
+    proc = run_cli(*overrides, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                   cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"advrun: error: {key}: "), proc.stderr
+    assert words in lines[0] and "Traceback" not in proc.stderr + proc.stdout
+    assert not any((tmp_path / name / "metrics.json").exists() for name in ("run", "sweep"))
 
 
 def _jobs(sweep: Path) -> list[dict]:
