@@ -16,6 +16,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from types import TracebackType
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -36,9 +37,24 @@ def _debug() -> bool:
     return os.environ.get("ADVRUN_DEBUG", "").lower() not in ("", "0", "false", "no")
 
 
+_jobs_started = 0  # jobs this process has begun: an exception before the first came from the command line
+
+
+def _failing_override(tb: TracebackType | None) -> str | None:
+    """The key of the override Hydra was applying when ``tb`` was raised, if it was."""
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "_apply_overrides_to_config":
+            return getattr(tb.tb_frame.f_locals.get("override"), "key_or_group", None)
+        tb = tb.tb_next
+    return None
+
+
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> float | None:
     from advrun import experiment  # after Hydra has parsed the command line: keeps --help fast
+
+    global _jobs_started
+    _jobs_started += 1
 
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
@@ -77,10 +93,18 @@ def main() -> None:
         # Hydra reports its errors (an override that does not parse, an unknown option or key) in
         # several lines, some with a traceback; let them through to report them in advrun's one line.
         os.environ["HYDRA_FULL_ERROR"] = "1"
+        started = _jobs_started
         try:
             _app()
         except (HydraException, OmegaConfBaseException) as e:
             print(f"advrun: error: {composition_error(e)}", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+        except Exception as e:
+            if _jobs_started != started:
+                raise  # from a run: a bug, shown with its traceback (also in the run folder's traceback.txt)
+            # while Hydra applied the command line, e.g. OmegaConf's ValueError for eval.epsilons.x=1
+            key = _failing_override(e.__traceback__) or "command line"
+            print(f"advrun: error: {key}: cannot apply this override ({type(e).__name__}: {e})", file=sys.stderr)
             sys.exit(EXIT_USAGE)
         finally:
             del os.environ["HYDRA_FULL_ERROR"]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.errors import HydraException, InstantiationException, MissingConfigException, OverrideParseException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from advrun.errors import ConfigError, InvalidValue
 
@@ -58,6 +58,11 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
             raise _keyword_error(node, key, where, cause, supplied=set(kwargs)) from None
         if isinstance(cause, ValueError):
             raise ConfigError(where, str(cause)) from None
+        if isinstance(cause, MemoryError) or "can't allocate memory" in str(cause) \
+                or type(cause).__name__ == "OutOfMemoryError":
+            raise ConfigError(where, "out of memory while building it: choose smaller sizes") from None
+        if cause is not None:
+            raise ConfigError(where, f"{type(cause).__name__}: {str(cause).strip().splitlines()[0]}") from None
         raise ConfigError(where, str(e).splitlines()[0]) from None
 
 
@@ -78,9 +83,22 @@ def composition_error(error: HydraException | OmegaConfBaseException) -> ConfigE
         return ConfigError(key, f"cannot parse override {error.override!r}: {one_line(error.message)}")
     cause = error if isinstance(error, OmegaConfBaseException) else error.__cause__
     key = getattr(cause, "full_key", None) if isinstance(cause, OmegaConfBaseException) else None
+    if key and isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and "not in struct" in str(cause):
+        if cause is error:  # the run looked the key up: removed with ~
+            return ConfigError(key, f"missing from the config (removed with ~{key}?); advrun needs it")
+        parent = cause.parent_node
+        keys = [str(k) for k in parent.keys() if not str(k).startswith("_") and k != "hydra"] \
+            if isinstance(parent, DictConfig) else []
+        where = key.rpartition(".")[0]
+        listed = f"; its keys: {', '.join(keys)}" if keys else ""
+        why = "misspelt, or left over from another choice of the group?" if where else "misspelt?"
+        return ConfigError(key, f"not a key of {where or 'advrun' + chr(39) + 's config'}{listed} ({why})")
     message = one_line(error)
     if cause is not None and cause is not error:
         message = f"{message} ({one_line(cause)})"
+    if not key:  # e.g. "Could not delete from config. 'attack.eps' does not exist."
+        quoted = re.search(r"'([A-Za-z_][\w.]*)'", message)
+        key = quoted.group(1) if quoted else None
     return ConfigError(key or "command line", message)
 
 
@@ -127,12 +145,56 @@ def epsilons_from(value: Any, key: str) -> list[float]:
     return sorted({float(e) for e in value})
 
 
+GROUPS = ("dataset", "model", "optimizer", "attack", "defense")
+_RATE_KEYS = ("lr",)  # finite and > 0
+_NON_NEGATIVE_KEYS = ("momentum", "weight_decay", "eps", "alpha", "dampening", "lr_decay", "initial_accumulator_value")
+_SWITCH_KEYS = ("nesterov", "amsgrad", "centered", "maximize", "foreach")
+
+
+def check_optimizer(node: DictConfig) -> None:
+    """The optimizer's numbers, checked before PyTorch sees them, so that a bad value is reported
+    under its own key (``optimizer.lr``) rather than as PyTorch's message about the group."""
+    def number(value: Any) -> bool:
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+    for key, value in node.items():
+        if key in _RATE_KEYS and not (number(value) and value > 0):
+            raise ConfigError(f"optimizer.{key}", f"must be a finite number > 0, got {value!r}")
+        if key in _NON_NEGATIVE_KEYS and not (number(value) and value >= 0):
+            raise ConfigError(f"optimizer.{key}", f"must be a finite number >= 0, got {value!r}")
+        if key in _SWITCH_KEYS and not isinstance(value, bool):
+            raise ConfigError(f"optimizer.{key}", f"must be true or false, got {value!r}")
+        if key == "betas":
+            betas = to_container(value)
+            if not (isinstance(betas, list) and len(betas) == 2 and all(number(b) and 0 <= b < 1 for b in betas)):
+                raise ConfigError("optimizer.betas", f"must be two numbers in [0, 1), got {betas!r}")
+
+
+def _check_keys(cfg: DictConfig) -> None:
+    """Keys config.yaml does not define, at the top level and in train, eval and cache, are
+    errors: ``+train.epoch=3`` is a misspelt ``train.epochs``, not a setting to ignore. (The
+    keys of the five groups are checked by the classes they build.)"""
+    base = OmegaConf.load(config_dir() / "config.yaml")
+    known = (set(base) - {"defaults", "hydra"}) | set(GROUPS)
+    for key in cfg:
+        if key not in known:
+            raise ConfigError(str(key), f"is not a key of advrun's config; its keys: {', '.join(sorted(known))}")
+    for section in ("train", "eval", "cache"):
+        node = cfg.get(section)
+        if not isinstance(node, DictConfig):
+            raise ConfigError(section, f"must be a group of keys ({', '.join(base[section])}), got {node!r}")
+        for key in node:
+            if key not in base[section]:
+                raise ConfigError(f"{section}.{key}", f"is not a key of {section}; its keys: {', '.join(base[section])}")
+
+
 def validate_run(cfg: DictConfig) -> None:
     """Check the run-wide keys (seed, device, train.*, eval.*) before any work starts."""
     try:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # every ${...} and ??? at once, up front
     except OmegaConfBaseException as e:
         raise composition_error(e) from None
+    _check_keys(cfg)
     _int(cfg, "seed", 0)
     _int(cfg, "train.epochs", 0)
     if cfg.train.epochs == 0 and not OmegaConf.select(cfg, "model.checkpoint"):

@@ -47,7 +47,7 @@ class Dataset:
 def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
     from sklearn.model_selection import train_test_split
 
-    if not 0 < test_fraction < 1:
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
         raise DataError("dataset.test_fraction", f"must lie strictly between 0 and 1, got {test_fraction!r}")
     return train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
 

@@ -26,7 +26,7 @@ from torch import nn
 from advrun import audit, cache, certify, io, losses, schedules
 from advrun.attacks.base import Attack
 from advrun.attacks.norms import norm_name, parse_norm
-from advrun.config import build, epsilons_from, resolve_device, to_container, validate_run
+from advrun.config import build, check_optimizer, epsilons_from, resolve_device, to_container, validate_run
 from advrun.console import results
 from advrun.data import Dataset, load_dataset
 from advrun.errors import AdvrunError, ConfigError, InvalidValue
@@ -315,6 +315,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
 
     data = load_dataset(to_container(cfg.dataset)).to(device)
     model = build_model(cfg.model, data).to(device)
+    check_optimizer(cfg.optimizer)
     optimizer = build(cfg.optimizer, "optimizer", params=model.parameters())
     defense = build(cfg.defense, "defense", bounds=data.bounds, criterion=cfg.train.loss)
     try:

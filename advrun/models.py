@@ -102,6 +102,13 @@ def _check_regularisers(batch_norm: bool, dropout: float) -> None:
         raise InvalidValue("dropout", f"must be a probability in [0, 1), got {dropout!r}")
 
 
+def _widths(field: str, value: object) -> list:
+    """A list of layer widths (each then checked as an integer >= 1)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise InvalidValue(field, f"must be a list of layer widths such as [128, 128], got {value!r}")
+    return list(value)
+
+
 def _hidden_dense(width_in: int, width: int, activation: nn.Module, batch_norm: bool, dropout: float) -> list[nn.Module]:
     """``Linear [-> BatchNorm1d] -> activation [-> Dropout]``."""
     layers: list[nn.Module] = [nn.Linear(width_in, width, bias=not batch_norm)]
@@ -165,7 +172,7 @@ class MLP(Classifier):
     ):
         _check_shape(in_shape, num_classes)
         _check_regularisers(batch_norm, dropout)
-        hidden = list(hidden)
+        hidden = _widths("hidden", hidden)
         for width in hidden:
             require_int("hidden", width, minimum=1)
         make_activation(activation, softplus_beta)  # validate even without hidden layers
@@ -199,7 +206,7 @@ class CNN(Classifier):
         if len(in_shape) != 3:
             raise InvalidValue("in_shape", f"cnn needs image inputs (channels, height, width), got {tuple(in_shape)}")
         _check_regularisers(batch_norm, dropout)
-        channels = list(channels)
+        channels = _widths("channels", channels)
         for width in channels:
             require_int("channels", width, minimum=1)
         require_int("hidden", hidden, minimum=1)

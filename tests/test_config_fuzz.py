@@ -1,0 +1,203 @@
+"""Random overrides thrown at the ``advrun`` command (hypothesis): wrong types, negative and huge
+values, unknown keys, empty lists, missing files, group options that do not exist. Every case
+must end in one of two ways:
+
+- a valid run: exit status 0 and a ``metrics.json``;
+- one clear error line, ``advrun: error: KEY: message``, naming a key the overrides touched,
+  exit status 2, no traceback and no ``metrics.json``.
+
+Never a traceback, another exit status, or a hang (each case has a time limit).
+
+The command runs in this process (``advrun.cli.main`` with its argument list), as a subprocess
+would run it but without starting Python for every case. Counts of work (``train.epochs``,
+``attack.steps``) get no huge positive values: a billion epochs is a valid, very long run with a
+progress bar, not a mistake advrun could tell from a plan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from advrun import cli  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+#: A tiny run of the default experiment that the overrides then change.
+BASE = ["dataset.n_train=120", "dataset.n_test=40", "train.epochs=1", "train.batch_size=32", "eval.batch_size=40",
+        "eval.epsilons=[0,0.1]", "attack.steps=2", "eval.audit=false", "device=cpu"]
+TIME_LIMIT_S = 120
+
+HUGE = 10**12
+NUMBERS = ["-1", "0", "1", "2", "-0.5", "0.3", "1e-300", "1e300", "-1e300", "nan", "inf", "-inf", str(HUGE), str(-HUGE)]
+WRONG_TYPES = ["abc", "''", "null", "true", "[]", "[1,2]", "[abc]", "{}", "{a: 1}", "/no/such/file.pt"]
+SMALL_COUNTS = ["-1", "0", "1", "2", "3", str(-HUGE)]  # for counts of work: no huge positive values
+
+#: key -> extra values worth trying beyond NUMBERS and WRONG_TYPES
+KEYS: dict[str, list[str]] = {
+    "seed": [],
+    "device": ["cpu", "cuda", "cuda:7", "mps", "tpu"],
+    "deterministic": ["false"],
+    "train.epochs": SMALL_COUNTS,
+    "train.batch_size": ["full"],
+    "train.loss": ["mse", "logistic", "hinge"],
+    "train.schedule": ["step", "cosine", "cyclic", "inverse", "exponential"],
+    "train.gamma": [],
+    "train.peak": [],
+    "eval.n_samples": [],
+    "eval.batch_size": [],
+    "eval.epsilons": ["[0,0.05]", "[-0.1]", "[nan]", "[0.1,abc]"],
+    "eval.audit": ["false"],
+    "attack.eps": [],
+    "attack.steps": SMALL_COUNTS,
+    "attack.step_size": [],
+    "attack.norm": ["inf", "2", "1", "l2", "linf", "3"],
+    "model.hidden": ["[8]", "[8,8]", "[0]", "[-3]", f"[{HUGE}]", "[8,abc]"],
+    "model.activation": ["tanh", "softplus", "abs", "swish"],
+    "model.dropout": [],
+    "model.checkpoint": ["/no/such/model.pt", "/tmp"],
+    "optimizer.lr": [],
+    "optimizer.weight_decay": [],
+    "dataset.n_train": [],
+    "dataset.n_test": [],
+    "dataset.test_fraction": [],
+    "cache.enabled": ["false"],
+}
+GROUPS = {"model": ["logreg", "cnn", "transformer"], "attack": ["fgsm", "deepfool", "square", "nope"],
+          "optimizer": ["sgd", "rmsprop", "lbfgs"], "defense": ["adversarial", "trades", "fast_at", "nope"],
+          "dataset": ["moons", "imagenet"]}
+UNKNOWN_KEYS = ["train.epoch", "attack.epsilon", "foo", "eval.epsilons.x"]
+
+
+def value_for(key: str) -> st.SearchStrategy[str]:
+    counts = key in ("train.epochs", "attack.steps")
+    numbers = [v for v in NUMBERS if v not in (str(HUGE), "1e300", "inf")] if counts else NUMBERS
+    return st.sampled_from(KEYS.get(key, []) + numbers + WRONG_TYPES)
+
+
+@st.composite
+def overrides(draw) -> list[str]:
+    chosen: list[str] = []
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["key", "key", "key", "group", "unknown", "append", "remove"]))
+        if kind == "key":
+            key = draw(st.sampled_from(sorted(KEYS)))
+            chosen.append(f"{key}={draw(value_for(key))}")
+        elif kind == "group":
+            group = draw(st.sampled_from(sorted(GROUPS)))
+            chosen.append(f"{group}={draw(st.sampled_from(GROUPS[group]))}")
+        elif kind == "unknown":
+            chosen.append(f"{draw(st.sampled_from(UNKNOWN_KEYS))}={draw(st.sampled_from(NUMBERS))}")
+        elif kind == "append":
+            chosen.append(f"+{draw(st.sampled_from(UNKNOWN_KEYS))}={draw(st.sampled_from(NUMBERS))}")
+        else:
+            chosen.append(f"~{draw(st.sampled_from(sorted(KEYS)))}")
+    return chosen
+
+
+class Hang(Exception):
+    pass
+
+
+def run_advrun(args: list[str]) -> tuple[int, str]:
+    """``advrun ARGS`` in this process: its exit status and what it wrote to standard error."""
+    def on_alarm(signum, frame):
+        raise Hang(f"no result within {TIME_LIMIT_S} s")
+
+    err = io.StringIO()
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(TIME_LIMIT_S)
+    argv = sys.argv
+    sys.argv = ["advrun", *args]
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                cli.main()
+                status = 0
+            except SystemExit as e:
+                status = e.code if isinstance(e.code, int) else 1
+            except Hang:
+                raise
+            except BaseException:  # noqa: BLE001 - any escape is a failure of the property
+                import traceback
+
+                err.write(traceback.format_exc())
+                status = -1
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        sys.argv = argv
+    return status, err.getvalue()
+
+
+def touched(override: str) -> str:
+    """The key an override touches: ``+train.epoch=3`` -> ``train.epoch``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def related(a: str, b: str) -> bool:
+    """Whether keys ``a`` and ``b`` are the same or one holds the other (``train``, ``train.epochs``)."""
+    a, b = a.replace("/", "."), b.replace("/", ".")
+    return a == b or a.startswith(f"{b}.") or b.startswith(f"{a}.")
+
+
+ERROR_LINE = re.compile(r"^advrun: error: (\S+): \S.*$")
+#: Keys that a choice of group or model legitimately brings into question: the chosen attack may
+#: not suit the chosen model (attack._target_), a defense may not suit the loss (train.loss).
+CONSEQUENCES = {"model": ["attack", "defense", "train.loss", "eval"], "attack": ["eval", "model"],
+                "defense": ["train.loss", "model", "attack"], "dataset": ["model", "attack", "defense", "train.loss"],
+                "train.loss": ["defense"], "eval.epsilons": ["attack.eps"], "attack.eps": ["eval.epsilons"],
+                "attack.norm": ["attack.eps", "eval.epsilons"]}
+
+
+def explained_by(key: str, args: list[str]) -> bool:
+    for override in args:
+        name = touched(override)
+        if related(key, name) or any(related(key, other) for other in CONSEQUENCES.get(name.split(".")[0], [])
+                                     + CONSEQUENCES.get(name, [])):
+            return True
+    return False
+
+
+@settings(max_examples=int(__import__("os").environ.get("ADVRUN_FUZZ_EXAMPLES", "25")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], derandomize="ADVRUN_FUZZ_SEED" not in __import__("os").environ)
+@given(args=overrides())
+def test_random_overrides_end_in_a_run_or_one_error_line(tmp_path_factory, args):
+    out = tmp_path_factory.mktemp("fuzz") / "run"
+    status, stderr = run_advrun([*BASE, *args, f"hydra.run.dir={out}"])
+    event(f"exit status {status}")  # the mix of valid runs and errors: pytest --hypothesis-show-statistics
+    assert "Traceback" not in stderr, f"{args}:\n{stderr}"
+    if status == 0:
+        assert (out / "metrics.json").is_file(), f"{args}: exit 0 without metrics.json"
+        return
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert status == 2, f"{args}: exit status {status}\n{stderr}"
+    errors = [line for line in lines if line.startswith("advrun: error")]
+    assert len(errors) == 1, f"{args}: expected one error line\n{stderr}"
+    found = ERROR_LINE.match(errors[0])
+    assert found, f"{args}: error line without a key: {errors[0]}"
+    assert explained_by(found.group(1), args), f"{args}: the error names {found.group(1)}: {errors[0]}"
+    assert not (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["train.epochs=abc"], ["eval.epsilons=[]"], ["optimizer.lr=nan"], ["model.checkpoint=/no/such/model.pt"],
+    ["foo=1"], ["+train.epoch=3"], ["~train"], [f"model.hidden=[{HUGE}]"], ["dataset.n_train=-1"],
+])
+def test_known_bad_overrides_give_one_error_line(tmp_path, args):
+    # The property's own examples vary with hypothesis' search; these always run.
+    status, stderr = run_advrun([*BASE, *args, f"hydra.run.dir={tmp_path / 'run'}"])
+    lines = [line for line in stderr.splitlines() if line.startswith("advrun: error")]
+    assert status == 2 and len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert explained_by(ERROR_LINE.match(lines[0]).group(1), args), lines[0]
+    assert not (tmp_path / "run" / "metrics.json").exists()
