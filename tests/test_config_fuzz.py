@@ -21,7 +21,6 @@ import io
 import re
 import signal
 import sys
-from pathlib import Path
 
 import pytest
 
