@@ -25,7 +25,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from advrun import sweep
+from advrun import console, sweep
 from advrun.config import composition_error, config_dir
 from advrun.errors import AdvrunError
 
@@ -87,6 +87,13 @@ def _app(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     sweep.forget_sweeps()
+    try:
+        _main()
+    finally:
+        console.stop_sweep_bar()  # a sweep that ended by an exception leaves no live display behind
+
+
+def _main() -> None:
     if _debug() or os.environ.get("HYDRA_FULL_ERROR") == "1":
         _app()  # Hydra's own report, with the traceback
     else:

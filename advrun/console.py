@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 
 #: Logs and progress bars (standard error).
 console = Console(stderr=True)
@@ -11,8 +14,69 @@ console = Console(stderr=True)
 results = Console()
 
 
-def progress_bar(transient: bool = False) -> Progress:
-    """A progress bar on the shared console: description, bar, count, elapsed and remaining time."""
+#: The bar over a sweep's jobs while one runs in this process; the jobs' bars join it.
+_sweep_bar: Progress | None = None
+
+
+class _Nested:
+    """The tasks a run's :func:`progress_bar` adds to the sweep's live bar, removed again when the
+    run's ``with`` block ends (rich shows one live display per console at a time)."""
+
+    def __init__(self, progress: Progress):
+        self._progress, self._tasks = progress, []
+
+    def add_task(self, *args: Any, **kwargs: Any) -> TaskID:
+        task = self._progress.add_task(*args, **kwargs)
+        self._tasks.append(task)
+        return task
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._progress, name)
+
+    def __enter__(self) -> "_Nested":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for task in self._tasks:
+            self._progress.remove_task(task)
+
+
+def progress_bar(transient: bool = False) -> Progress | _Nested:
+    """A progress bar on the shared console: description, bar, count, elapsed and remaining time.
+    Inside a sweep (:func:`start_sweep_bar`) its tasks are drawn under the sweep's bar."""
+    if _sweep_bar is not None:
+        return _Nested(_sweep_bar)
+    return _new_progress(transient)
+
+
+def start_sweep_bar(total: int | None) -> None:
+    """Show a bar over the jobs of a sweep run by this process (``total`` None: count unknown)."""
+    global _sweep_bar
+    stop_sweep_bar()
+    _sweep_bar = _new_progress(transient=False)
+    _sweep_bar.add_task("sweep", total=total)
+    _sweep_bar.start()
+
+
+def advance_sweep_bar(description: str) -> None:
+    """One more job has ended; ``description`` says how the jobs went so far."""
+    if _sweep_bar is not None:
+        task = _sweep_bar.task_ids[0]
+        _sweep_bar.update(task, advance=1, description=description)
+
+
+def sweep_bar_running() -> bool:
+    return _sweep_bar is not None
+
+
+def stop_sweep_bar() -> None:
+    global _sweep_bar
+    if _sweep_bar is not None:
+        _sweep_bar.stop()
+        _sweep_bar = None
+
+
+def _new_progress(transient: bool) -> Progress:
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),

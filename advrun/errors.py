@@ -20,6 +20,11 @@ class DataError(AdvrunError):
     """A data set that cannot be loaded (missing files, bad class list, ...)."""
 
 
+class OutputError(AdvrunError):
+    """A result file that cannot be written (disk full, a folder that is not writable); the key
+    is the file's path."""
+
+
 class AttackCheckError(RuntimeError):
     """An attack produced inputs that break its contract (a bug, never the user's fault)."""
 

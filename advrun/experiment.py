@@ -61,7 +61,8 @@ def set_deterministic(on: Any) -> None:
         raise ConfigError("deterministic", f"must be true or false, got {on!r}")
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(on)
+    if torch.are_deterministic_algorithms_enabled() != on:  # the call imports torch._dynamo: 3-4 s
+        torch.use_deterministic_algorithms(on)
     torch.backends.cudnn.benchmark = False
 
 
@@ -316,17 +317,19 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     data = load_dataset(to_container(cfg.dataset)).to(device)
     model = build_model(cfg.model, data).to(device)
     check_optimizer(cfg.optimizer)
-    optimizer = build(cfg.optimizer, "optimizer", params=model.parameters())
     defense = build(cfg.defense, "defense", bounds=data.bounds, criterion=cfg.train.loss)
     try:
         defense.check_model(model, data.shape)
     except InvalidValue as e:
         raise ConfigError(f"defense.{e.field}", e.message) from None
     check_loss(cfg.train.loss, data, defense)
-    batch_size = len(data.x_train) if cfg.train.batch_size == "full" else cfg.train.batch_size
-    scheduler = build_scheduler_from(cfg.train, optimizer, math.ceil(len(data.x_train) / batch_size))
     attack, epsilons = build_attack(cfg, data, model)
     certify_norm = certification_norm(cfg, data, model, attack)
+    # the optimizer last: PyTorch's first optimizer imports torch._dynamo (seconds), which a
+    # mistake found above need not wait for
+    optimizer = build(cfg.optimizer, "optimizer", params=model.parameters())
+    batch_size = len(data.x_train) if cfg.train.batch_size == "full" else cfg.train.batch_size
+    scheduler = build_scheduler_from(cfg.train, optimizer, math.ceil(len(data.x_train) / batch_size))
     audit_on = audit.requested(cfg.eval.get("audit", True))
     t_data = time.perf_counter()
     title = f"{data.name} / {_describe(model)} / defense {_describe(defense)}"

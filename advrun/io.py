@@ -9,22 +9,47 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from advrun.errors import OutputError
+
+
+def _write_failure(error: BaseException) -> str | None:
+    """Why a write failed, if ``error`` (or an exception it arose from) says it did: an OSError
+    (disk full, permission, file size limit), or the RuntimeError of torch.save's writer."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen.strerror or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(error, RuntimeError) and "write failed" in str(error):
+        return str(error).strip().splitlines()[0]
+    return None
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the same folder; rename it to ``path`` if the block succeeds."""
+    """Yield a temporary path in the same folder; rename it to ``path`` if the block succeeds.
+
+    A write that fails (a full disk, a folder that is not writable) leaves no temporary file and
+    nothing under ``path``, and is raised as :class:`~advrun.errors.OutputError` naming ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        reason = _write_failure(e)
+        if reason is not None:
+            raise OutputError(str(path), f"cannot be written ({reason}); free some space or choose "
+                                         f"another folder") from e
         raise
 
 
@@ -45,8 +70,8 @@ def write_csv(path: str | os.PathLike, frame) -> None:
 def save_torch(path: str | os.PathLike, obj: Any) -> None:
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)  # through a Python file: a failed write raises OSError (with a path: a C++ iostream error)
 
 
 def save_figure(path: str | os.PathLike, figure) -> None:

@@ -8,6 +8,10 @@ runs in the launching process for every launcher (basic, joblib, submitit, Ray) 
   most one process can do. Two runs started at the same moment therefore never share a folder:
   with the default dated folder the later one moves on to ``<folder>-1`` (``-2``, ...); a folder
   named on the command line that already holds a run is refused with one line naming the key.
+- ``on_multirun_start`` also starts a progress bar over the jobs (:func:`advrun.console.start_sweep_bar`),
+  advanced by ``on_job_end`` for jobs run in this process (the basic launcher, the Optuna
+  sweeper). Jobs of the joblib, submitit and Ray launchers end in other processes: the bar then
+  stays at zero and the summary reports them.
 - ``on_multirun_end``: :func:`advrun.reporting.sweep.write_sweep_report` summarises the job folders
   (ok / failed / incomplete) from what they hold on disk, so it sees jobs that ran in other
   processes or on other machines alike; :func:`advrun.cli.main` then exits with status 1 when a
@@ -33,6 +37,9 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from advrun import console
+from advrun.errors import AdvrunError
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +91,12 @@ def record_failure(folder: str | os.PathLike, message: str, traceback: str | Non
     from advrun import io
 
     folder = Path(folder)
-    io.write_text(folder / "error.txt", f"{message}\n")
-    if traceback:
-        io.write_text(folder / "traceback.txt", traceback)
+    try:
+        io.write_text(folder / "error.txt", f"{message}\n")
+        if traceback:
+            io.write_text(folder / "traceback.txt", traceback)
+    except AdvrunError as e:  # e.g. the disk that made the run fail is full: the message still reaches the console
+        log.warning("the error could not be recorded in %s: %s", folder, e)
 
 
 def _given_on_command_line(config: DictConfig, key: str) -> bool:
@@ -100,8 +110,12 @@ def _claim_output_folder(config: DictConfig, key: str) -> Path:
     recompose each job's config from those overrides, in this process or another.
     """
     wanted = Path(str(OmegaConf.select(config, key)))
-    if claim(wanted):
-        return wanted
+    try:
+        if claim(wanted):
+            return wanted
+    except OSError as e:  # a parent that is a file, a read-only file system, a full disk
+        print(f"advrun: error: {key}: cannot create the output folder {wanted} ({e.strerror or e})", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
     if _given_on_command_line(config, key):
         print(f"advrun: error: {key}: {wanted} already holds a run; choose another output folder", file=sys.stderr)
         sys.exit(EXIT_USAGE)
@@ -183,6 +197,30 @@ def forget_sweeps() -> None:
     _sweeps.clear()
 
 
+def _runs_jobs_here(config: DictConfig) -> bool:
+    """Whether the launcher runs the jobs in this process (Hydra's basic launcher)."""
+    return str(OmegaConf.select(config, "hydra.launcher._target_", default="")).endswith("BasicLauncher")
+
+
+def count_jobs(config: DictConfig) -> int | None:
+    """How many jobs the sweep will run: the product of the swept values, as Hydra's basic sweeper
+    expands them (its ``params`` first, then the command line); the trial count of a sweeper
+    that has one (Optuna's ``n_trials``); None when it cannot be told in advance."""
+    sweeper = config.hydra.sweeper
+    if str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
+        try:
+            overrides = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
+            return sum(len(batch) for batch in BasicSweeper.split_arguments(overrides, None))
+        except Exception:  # noqa: BLE001 - e.g. glob() needs Hydra's config loader: the count stays unknown
+            return None
+    trials = sweeper.get("n_trials")
+    return trials if isinstance(trials, int) else None
+
+
 class AdvrunCallback(Callback):
     """Claims output folders, and writes the sweep summary at the end of every sweep (see the module)."""
 
@@ -192,8 +230,20 @@ class AdvrunCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _sweeps.append(SweepOutcome(root=_claim_output_folder(config, "hydra.sweep.dir")))
         _name_jobs_by_swept_keys(config)
+        if _runs_jobs_here(config):
+            console.start_sweep_bar(count_jobs(config))
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        outcome = last_sweep()
+        if outcome is None or not console.sweep_bar_running():
+            return  # a job run by another process's launcher
+        failed = (Path(str(config.hydra.runtime.output_dir)) / "error.txt").exists()
+        outcome.jobs[Path(str(config.hydra.runtime.output_dir)).name] = "failed" if failed else "ok"
+        ended = list(outcome.jobs.values())
+        console.advance_sweep_bar(f"sweep: {ended.count('ok')} ok, {ended.count('failed')} failed")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        console.stop_sweep_bar()
         outcome = last_sweep()
         root = Path(str(config.hydra.sweep.dir))
         if outcome is None or outcome.root != root:

@@ -201,7 +201,7 @@ def test_table_shows_warnings_in_yellow():
 
 
 def test_a_run_writes_audit_json_and_counts_warnings(make_cfg, tmp_path):
-    metrics = experiment.run(make_cfg(*TINY, "attack.steps=10"), tmp_path / "on")
+    metrics = experiment.run(make_cfg(*TINY, "attack.steps=10", "eval.audit=true"), tmp_path / "on")
     records = json.loads((tmp_path / "on" / "audit.json").read_text())
     assert len(records) == 8 and all(set(r) == {"name", "status", "reason", "advice"} for r in records)
     assert all(r["status"] in ("pass", "warn", "n/a") for r in records)

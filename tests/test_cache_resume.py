@@ -16,7 +16,7 @@ from advrun import cache, experiment
 from advrun.defenses import Standard
 from advrun.errors import AdvrunError
 
-from tests.conftest import REPO, TINY, run_cli
+from tests.conftest import REPO, TINY, run_cli, run_inprocess
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -193,7 +193,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(mak
 
 
 def test_a_nan_loss_from_the_command_line_is_one_clear_error(tmp_path):
-    result = run_cli(*TINY, "attack=none", "optimizer=sgd", "optimizer.lr=1e30", "hydra.run.dir=run", cwd=tmp_path)
+    result = run_inprocess(*TINY, "attack=none", "optimizer=sgd", "optimizer.lr=1e30", "hydra.run.dir=run", cwd=tmp_path)
     assert result.returncode == 2
     assert "advrun: error: optimizer.lr: training loss became" in result.stderr
     assert "Traceback" not in result.stderr

@@ -10,7 +10,7 @@ import torch
 
 import advrun
 from advrun.data import load_dataset
-from tests.conftest import TINY, groups, run_cli
+from tests.conftest import TINY, groups, run_cli, run_inprocess
 
 FAST = [*TINY, "attack.steps=2", "eval.epsilons=[0,0.1]"]
 SETTINGS_ONLY = [*TINY, "eval.epsilons=[0,0.1]"]  # for runs that must stop before any attack
@@ -18,10 +18,10 @@ SETTINGS_ONLY = [*TINY, "eval.epsilons=[0,0.1]"]  # for runs that must stop befo
 
 def test_single_run_writes_every_output_and_reloads(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli(*FAST, f"hydra.run.dir={out}", cwd=tmp_path)
+    proc = run_cli(*FAST, "eval.audit=true", f"hydra.run.dir={out}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "robust acc" in proc.stdout and "clean accuracy" in proc.stdout
-    for name in ("metrics.json", "curve.csv", "training.csv", "robustness_curve.png", "training_curve.png",
+    for name in ("metrics.json", "curve.csv", "training.csv", "robustness_curve.png", "training_curve.png", "audit.json",
                  "model.pt", "model.json", ".hydra/config.yaml"):
         assert (out / name).is_file(), name
     assert not (out / "error.txt").exists()
@@ -68,7 +68,7 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
 ])
 def test_invalid_input_is_one_line_exit_2_no_results(tmp_path, overrides, key):
     out = tmp_path / "run"
-    proc = run_cli(*SETTINGS_ONLY, *overrides, f"hydra.run.dir={out}", cwd=tmp_path)
+    proc = run_inprocess(*SETTINGS_ONLY, *overrides, f"hydra.run.dir={out}")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -76,6 +76,13 @@ def test_invalid_input_is_one_line_exit_2_no_results(tmp_path, overrides, key):
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (out / "metrics.json").exists() and not (out / "curve.csv").exists()
     assert (out / "error.txt").read_text().startswith(key)
+
+
+def test_invalid_input_from_the_console_script_exits_2(tmp_path):
+    # the tests above call advrun.cli.main in this process; this one runs the installed command
+    proc = run_cli(*SETTINGS_ONLY, "attack.eps=-0.5", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "advrun: error: attack.eps: must be a number >= 0, got -0.5"]
 
 
 def test_debug_switch_shows_the_traceback(tmp_path):
@@ -87,15 +94,14 @@ def test_debug_switch_shows_the_traceback(tmp_path):
 @pytest.mark.parametrize("overrides, key, words", [
     (["model=transformer"], "model", "available options in 'model': cnn, logreg, mlp"),
     (["+experiment=nope"], "experiment", "madry_mnist"),
-    (["attack=fgsm", "attack.steps=3"], "attack.steps", "+attack.steps=3"),  # FGSM's config has no steps
+    (["attack=fgsm", "attack.steps=3"], "attack.steps", "not a key of attack; its keys: eps, norm, target"),
     (["train.epochs=[1,"], "train.epochs", "cannot parse"),
     (["attack.eps"], "attack.eps", "cannot parse"),
-    (["~attack"], "attack", "not in struct"),
+    (["~attack"], "attack", "missing from the config (removed with ~attack?)"),
     (["-m", "attack.eps=0.1,0.2", "model=nope"], "model", "available options"),
 ])
 def test_command_line_mistakes_hydra_finds_are_one_line_too(tmp_path, overrides, key, words):
-    proc = run_cli(*overrides, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                   cwd=tmp_path)
+    proc = run_inprocess(*overrides, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"advrun: error: {key}: "), proc.stderr
@@ -109,7 +115,7 @@ def _jobs(sweep: Path) -> list[dict]:
 
 def test_multirun_over_budgets(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli("-m", *FAST, "attack.eps=0.05,0.2", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = run_inprocess("-m", *FAST, "attack.eps=0.05,0.2", f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 0, proc.stderr
     jobs = _jobs(sweep)
     assert sorted(job["eps"] for job in jobs) == [0.05, 0.2]
@@ -117,7 +123,7 @@ def test_multirun_over_budgets(tmp_path):
 
 def test_multirun_over_two_options_of_a_group(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli("-m", *FAST, "model=logreg,mlp", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = run_inprocess("-m", *FAST, "model=logreg,mlp", f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 0, proc.stderr
     targets = sorted(config.read_text().split("_target_: advrun.models.")[1].split()[0]
                      for config in sweep.glob("*/.hydra/config.yaml"))

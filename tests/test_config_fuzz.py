@@ -8,19 +8,16 @@ must end in one of two ways:
 
 Never a traceback, another exit status, or a hang (each case has a time limit).
 
-The command runs in this process (``advrun.cli.main`` with its argument list), as a subprocess
-would run it but without starting Python for every case. Counts of work (``train.epochs``,
+The command runs in this process (:func:`tests.conftest.run_inprocess`), as a subprocess would
+run it but without starting Python for every case; each case has a time limit. Counts of work (``train.epochs``,
 ``attack.steps``) get no huge positive values: a billion epochs is a valid, very long run with a
 progress bar, not a mistake advrun could tell from a plan.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
+import os
 import re
-import signal
-import sys
 
 import pytest
 
@@ -28,14 +25,13 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from advrun import cli  # noqa: E402
+from tests.conftest import run_inprocess  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 #: A tiny run of the default experiment that the overrides then change.
 BASE = ["dataset.n_train=120", "dataset.n_test=40", "train.epochs=1", "train.batch_size=32", "eval.batch_size=40",
         "eval.epsilons=[0,0.1]", "attack.steps=2", "eval.audit=false", "device=cpu"]
-TIME_LIMIT_S = 120
 
 HUGE = 10**12
 NUMBERS = ["-1", "0", "1", "2", "-0.5", "0.3", "1e-300", "1e300", "-1e300", "nan", "inf", "-inf", str(HUGE), str(-HUGE)]
@@ -104,41 +100,6 @@ def overrides(draw) -> list[str]:
     return chosen
 
 
-class Hang(Exception):
-    pass
-
-
-def run_advrun(args: list[str]) -> tuple[int, str]:
-    """``advrun ARGS`` in this process: its exit status and what it wrote to standard error."""
-    def on_alarm(signum, frame):
-        raise Hang(f"no result within {TIME_LIMIT_S} s")
-
-    err = io.StringIO()
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(TIME_LIMIT_S)
-    argv = sys.argv
-    sys.argv = ["advrun", *args]
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            try:
-                cli.main()
-                status = 0
-            except SystemExit as e:
-                status = e.code if isinstance(e.code, int) else 1
-            except Hang:
-                raise
-            except BaseException:  # noqa: BLE001 - any escape is a failure of the property
-                import traceback
-
-                err.write(traceback.format_exc())
-                status = -1
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-        sys.argv = argv
-    return status, err.getvalue()
-
-
 def touched(override: str) -> str:
     """The key an override touches: ``+train.epoch=3`` -> ``train.epoch``."""
     return override.split("=", 1)[0].lstrip("+~")
@@ -168,12 +129,14 @@ def explained_by(key: str, args: list[str]) -> bool:
     return False
 
 
-@settings(max_examples=int(__import__("os").environ.get("ADVRUN_FUZZ_EXAMPLES", "25")), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], derandomize="ADVRUN_FUZZ_SEED" not in __import__("os").environ)
+@settings(max_examples=int(os.environ.get("ADVRUN_FUZZ_EXAMPLES", "25")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+          derandomize="ADVRUN_FUZZ_SEED" not in os.environ)  # the same cases in CI unless a new search is asked for
 @given(args=overrides())
 def test_random_overrides_end_in_a_run_or_one_error_line(tmp_path_factory, args):
     out = tmp_path_factory.mktemp("fuzz") / "run"
-    status, stderr = run_advrun([*BASE, *args, f"hydra.run.dir={out}"])
+    proc = run_inprocess(*BASE, *args, f"hydra.run.dir={out}")
+    status, stderr = proc.returncode, proc.stderr
     event(f"exit status {status}")  # the mix of valid runs and errors: pytest --hypothesis-show-statistics
     assert "Traceback" not in stderr, f"{args}:\n{stderr}"
     if status == 0:
@@ -195,7 +158,8 @@ def test_random_overrides_end_in_a_run_or_one_error_line(tmp_path_factory, args)
 ])
 def test_known_bad_overrides_give_one_error_line(tmp_path, args):
     # The property's own examples vary with hypothesis' search; these always run.
-    status, stderr = run_advrun([*BASE, *args, f"hydra.run.dir={tmp_path / 'run'}"])
+    proc = run_inprocess(*BASE, *args, f"hydra.run.dir={tmp_path / 'run'}")
+    status, stderr = proc.returncode, proc.stderr
     lines = [line for line in stderr.splitlines() if line.startswith("advrun: error")]
     assert status == 2 and len(lines) == 1 and "Traceback" not in stderr, stderr
     assert explained_by(ERROR_LINE.match(lines[0]).group(1), args), lines[0]

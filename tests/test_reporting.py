@@ -29,7 +29,7 @@ from advrun.reporting.linear import affine_weights, optimal_perturbation
 from advrun.reporting.regions import decision_grid
 from advrun.reporting.report import write_run_report
 from advrun.reporting.sweep import find_jobs, write_sweep_report
-from tests.conftest import REPO, TINY, run_cli
+from tests.conftest import REPO, TINY, run_inprocess
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -279,8 +279,8 @@ def sweep(tmp_path_factory) -> Path:
     """A real two-job sweep (``advrun -m``), plus a failed job and an interrupted one beside them."""
     root = tmp_path_factory.mktemp("sweep") / "root"
     cache = tmp_path_factory.mktemp("sweep-cache")
-    done = run_cli("-m", "attack.eps=0.05,0.1", *TINY, "attack.steps=2", f"hydra.sweep.dir={root}",
-                   cwd=tmp_path_factory.mktemp("cwd"), env={"ADVRUN_CACHE_DIR": str(cache)})
+    done = run_inprocess("-m", "attack.eps=0.05,0.1", *TINY, "attack.steps=2", f"hydra.sweep.dir={root}",
+                         cwd=tmp_path_factory.mktemp("cwd"), env={"ADVRUN_CACHE_DIR": str(cache)})
     assert done.returncode == 0, done.stderr[-3000:]
     assert (root / "summary.csv").is_file()  # written at the end of the sweep
     jobs = find_jobs(root)

@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+from omegaconf import read_write
 
 from advrun.config import config_dir
-from advrun.sweep import MARKER, MAX_NAME, AdvrunCallback, job_dir_name
-from tests.conftest import TINY, run_cli
+from advrun.sweep import MARKER, MAX_NAME, AdvrunCallback, count_jobs, job_dir_name
+from tests.conftest import TINY, run_cli, run_inprocess
 
 FAST = [*TINY, "attack.steps=2", "eval.epsilons=[0,0.1]"]
 NO_ATTACK = [*TINY, "attack=none"]
@@ -66,7 +67,7 @@ def test_basic_launcher_one_failing_job_does_not_stop_the_others(tmp_path):
     """seed=0,1 doubles each setting: seed is left out of the names, the job number keeps them apart,
     and the overrides every job shares are left out too."""
     sweep = tmp_path / "sweep"
-    proc = run_cli("-m", *FAST, "attack.eps=-1,0.05", "seed=0,1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = run_inprocess("-m", *FAST, "attack.eps=-1,0.05", "seed=0,1", f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 1, proc.stderr
     bad, good = ["0_attack.eps=-1", "1_attack.eps=-1"], ["2_attack.eps=0.05", "3_attack.eps=0.05"]
     assert _jobs(sweep) == bad + good
@@ -77,6 +78,8 @@ def test_basic_launcher_one_failing_job_does_not_stop_the_others(tmp_path):
         assert f"advrun: error in job {job}: attack.eps: " in proc.stderr
     assert _summary(sweep) == {**dict.fromkeys(bad, "failed"), **dict.fromkeys(good, "ok")}
     assert proc.stderr.strip().splitlines()[-1].startswith("advrun: 2 failed (0_attack.eps=-1, 1_attack.eps=-1) of 4")
+    bar = [line for line in proc.stderr.splitlines() if line.startswith("sweep: ")]  # rich draws it once off a terminal
+    assert bar and bar[-1].startswith("sweep: 2 ok, 2 failed") and " 4/4 " in bar[-1], proc.stderr
     overrides = yaml.safe_load((sweep / good[1] / ".hydra" / "overrides.yaml").read_text())
     assert "seed=1" in overrides and "train.epochs=2" in overrides  # the name leaves out what the folder records
 
@@ -138,8 +141,8 @@ def test_optuna_preset_maximises_robust_accuracy(tmp_path):
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and "optimizer.lr" in sweeper.params
 
     sweep = tmp_path / "sweep"
-    proc = run_cli("-m", "hydra/sweeper=optuna_robust", "hydra.sweeper.n_trials=3", "hydra.sweeper.params=null",
-                   "attack.eps=choice(-1,0.1)", *FAST, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = run_inprocess("-m", "hydra/sweeper=optuna_robust", "hydra.sweeper.n_trials=3", "hydra.sweeper.params=null",
+                         "attack.eps=choice(-1,0.1)", *FAST, f"hydra.sweep.dir={sweep}")
     jobs = _summary(sweep)
     assert len(jobs) == 3 and set(jobs.values()) <= {"ok", "failed"}
     for job, status in jobs.items():  # the sampled budget decides the outcome; a failed trial did not stop the study
@@ -190,7 +193,7 @@ def test_two_runs_started_together_never_share_a_folder(tmp_path):
 
     taken = runs[0].parent
     before = (taken / "metrics.json").stat().st_mtime_ns, (taken / ".hydra" / "config.yaml").read_text()
-    proc = run_cli(*NO_ATTACK, "seed=5", f"hydra.run.dir={taken}", cwd=tmp_path)
+    proc = run_inprocess(*NO_ATTACK, "seed=5", f"hydra.run.dir={taken}")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"advrun: error: hydra.run.dir: {taken} already holds a run; choose another output folder"]
@@ -202,7 +205,21 @@ def test_a_sweep_folder_named_twice_is_refused(tmp_path):
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     (sweep / MARKER).write_text("{}\n")
-    proc = run_cli("-m", *FAST, "attack.eps=0.05,0.1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = run_inprocess("-m", *FAST, "attack.eps=0.05,0.1", f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"advrun: error: hydra.sweep.dir: {sweep} already holds a run; choose another output folder"]
     assert _jobs(sweep) == []
+
+
+@pytest.mark.parametrize("choices, task, expected", [
+    ([], ["attack.eps=0.05,0.1", "seed=0,1,2"], 6),
+    (["+experiment=crosslip_mnist"], ["+experiment=crosslip_mnist", "attack.eps=0.5,1"], 8),  # its 4 params x 2
+    (["hydra/sweeper=optuna_robust", "hydra.sweeper.n_trials=7"], [], 7),
+    ([], ["model=glob(*)"], None),  # glob needs Hydra's config loader: the bar counts without a total
+])
+def test_the_sweep_bar_knows_how_many_jobs_come(choices, task, expected):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=choices, return_hydra_config=True)
+    with read_write(cfg):
+        cfg.hydra.overrides.task = task
+    assert count_jobs(cfg) == expected
