@@ -20,9 +20,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/advrun $(ARGS)
 
-# The suite without the tests marked slow (published reference models on the full MNIST test set).
+# The suite without the tests marked slow (published reference models on the full MNIST test set),
+# in TEST_WORKERS processes (pytest-xdist; each test uses one thread).
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -m 'not slow'
+	$(BIN)/python -m pytest -m 'not slow' -n $(TEST_WORKERS)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow -s

@@ -204,7 +204,7 @@ def validate_run(cfg: DictConfig) -> None:
             _int(cfg, "train.batch_size", 1)
         except ConfigError:
             raise ConfigError("train.batch_size", f"must be an integer >= 1 or full, got {cfg.train.batch_size!r}") from None
-    for key in ("cache.enabled", "deterministic"):
+    for key in ("cache.enabled", "deterministic", "report"):
         if not isinstance(OmegaConf.select(cfg, key), bool):
             raise ConfigError(key, f"must be true or false, got {OmegaConf.select(cfg, key)!r}")
     if cfg.cache.enabled and (not isinstance(cfg.cache.dir, str) or not cfg.cache.dir):

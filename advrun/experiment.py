@@ -36,7 +36,7 @@ from advrun.reporting import plots
 from advrun.reporting.figures import write_model_figures
 from advrun.reporting.report import write_run_report
 from advrun.reporting.tables import summary_table
-from advrun.training import HISTORY_COLUMNS, CorruptCheckpoint, NonFiniteLoss, accuracy, train
+from advrun.training import HISTORY_COLUMNS, CorruptCheckpoint, NonFiniteLoss, accuracy, batch_starts, train
 from advrun.versions import git_commit, versions
 
 log = logging.getLogger(__name__)
@@ -329,7 +329,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     # mistake found above need not wait for
     optimizer = build(cfg.optimizer, "optimizer", params=model.parameters())
     batch_size = len(data.x_train) if cfg.train.batch_size == "full" else cfg.train.batch_size
-    scheduler = build_scheduler_from(cfg.train, optimizer, math.ceil(len(data.x_train) / batch_size))
+    scheduler = build_scheduler_from(cfg.train, optimizer, len(batch_starts(len(data.x_train), batch_size, model)))
     audit_on = audit.requested(cfg.eval.get("audit", True))
     t_data = time.perf_counter()
     title = f"{data.name} / {_describe(model)} / defense {_describe(defense)}"
@@ -347,7 +347,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     })
     io.save_torch(out / "model.pt", {k: v.cpu() for k, v in model.state_dict().items()})
     io.write_csv(out / "training.csv", history)
-    if len(history):
+    figures = cfg.get("report", True)  # report=false: no figures and no report (large sweeps)
+    if len(history) and figures:
         plots.save(plots.plot_training_curve(history, title), out / "training_curve")
 
     n_eval = cfg.eval.n_samples or len(data.x_test)
@@ -367,13 +368,16 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         io.write_csv(out / "curve.csv", curve.drop(columns="time_s"))  # timings go to metrics.json's "timings"
         if evaluation.samples is not None:
             io.write_csv(out / "norms.csv", evaluation.samples)
-            plots.save(plots.plot_norm_distribution(evaluation.samples, attack.label), out / "norm_distribution")
-        plots.save(plots.plot_robustness_curve(curve, f"{title}\n{attack.label}, {len(x_eval)} test samples",
-                                               data.bounds), out / "robustness_curve")
+            if figures:
+                plots.save(plots.plot_norm_distribution(evaluation.samples, attack.label), out / "norm_distribution")
+        if figures:
+            plots.save(plots.plot_robustness_curve(curve, f"{title}\n{attack.label}, {len(x_eval)} test samples",
+                                                   data.bounds), out / "robustness_curve")
         if audit_on:
             audited = audit_evaluation(cfg, model, attack, x_eval, y_eval, evaluation, data.bounds, out)
     t_eval = time.perf_counter()
-    write_model_figures(out, model, attack, data, x_eval, y_eval, title)
+    if figures:
+        write_model_figures(out, model, attack, data, x_eval, y_eval, title)
 
     metrics = _metrics(cfg, data, device, history, clean, len(x_eval), attack, curve)
     metrics["training"] = training
@@ -392,8 +396,11 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
             results.print(audit.audit_table(audited[0]))
     else:
         results.print(f"{title}: clean accuracy {100 * clean:.2f}% on {len(x_eval)} test samples (no attack)")
-    write_run_report(out)  # after metrics.json: built from the files on disk, like advrun-report
-    results.print(f"results in {out} (report: {out / 'report.html'})")
+    if figures:
+        write_run_report(out)  # after metrics.json: built from the files on disk, like advrun-report
+        results.print(f"results in {out} (report: {out / 'report.html'})")
+    else:
+        results.print(f"results in {out} (report=false: no figures or report)")
     return metrics
 
 

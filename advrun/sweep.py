@@ -8,10 +8,10 @@ runs in the launching process for every launcher (basic, joblib, submitit, Ray) 
   most one process can do. Two runs started at the same moment therefore never share a folder:
   with the default dated folder the later one moves on to ``<folder>-1`` (``-2``, ...); a folder
   named on the command line that already holds a run is refused with one line naming the key.
-- ``on_multirun_start`` also starts a progress bar over the jobs (:func:`advrun.console.start_sweep_bar`),
-  advanced by ``on_job_end`` for jobs run in this process (the basic launcher, the Optuna
-  sweeper). Jobs of the joblib, submitit and Ray launchers end in other processes: the bar then
-  stays at zero and the summary reports them.
+- ``on_multirun_start`` also starts a progress bar over the jobs (:func:`advrun.console.start_sweep_bar`)
+  when they run in this process (the basic launcher, also under the Optuna sweeper), advanced by
+  ``on_job_end`` with the count of jobs ok and failed. The joblib, submitit and Ray launchers run
+  their jobs in other processes: no bar; the summary reports the jobs at the end.
 - ``on_multirun_end``: :func:`advrun.reporting.sweep.write_sweep_report` summarises the job folders
   (ok / failed / incomplete) from what they hold on disk, so it sees jobs that ran in other
   processes or on other machines alike; :func:`advrun.cli.main` then exits with status 1 when a

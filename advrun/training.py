@@ -101,6 +101,16 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
+def batch_starts(n: int, batch_size: int, model: nn.Module) -> list[int]:
+    """Where the training batches of an epoch start. With batch norm a last batch of one sample
+    (which batch norm cannot normalise in train mode) joins the batch before it."""
+    starts = list(range(0, n, batch_size))
+    has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if has_batch_norm and len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return starts
+
+
 def train(
     model: nn.Module,
     defense,
@@ -134,7 +144,8 @@ def train(
         rows, first_epoch, stopped = list(state["history"]), state["epoch"] + 1, state["stopped"]
         log.info("resuming training after epoch %d of %d from %s", state["epoch"], epochs, checkpoint)
     n = len(x_train)
-    steps = math.ceil(n / batch_size)
+    starts = batch_starts(n, batch_size, model)
+    steps = len(starts)
     with progress_bar() as bar:
         task = bar.add_task("training", total=epochs * steps, completed=(first_epoch - 1) * steps)
         for epoch in range(first_epoch, epochs + 1):
@@ -145,8 +156,8 @@ def train(
             model.train()
             order = torch.randperm(n, generator=generator).to(x_train.device)
             total, count = 0.0, 0
-            for i in range(0, n, batch_size):
-                index = order[i : i + batch_size]
+            for j, i in enumerate(starts):
+                index = order[i : starts[j + 1] if j + 1 < len(starts) else n]
                 loss = defense.loss(model, x_train[index], y_train[index])
                 if not torch.isfinite(loss):
                     raise NonFiniteLoss(f"training loss became {loss.item()} in epoch {epoch}")

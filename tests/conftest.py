@@ -18,8 +18,9 @@ SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data"
 REFERENCE_MODELS = SHARED / "reference-models"
 
-#: Overrides that make any run take a second or two (the evaluation audit, a few seconds for a
-#: CNN, is off: tests of the audit and the end-to-end CLI test turn it on).
+#: Overrides that make any run take a second or two. The evaluation audit (a few seconds for a
+#: CNN) and the figures and report (about 2 s) are off: the tests of the audit, of the reports and
+#: the end-to-end CLI test turn them on.
 TINY = [
     "dataset.n_train=240",
     "dataset.n_test=60",
@@ -28,6 +29,7 @@ TINY = [
     "eval.batch_size=25",
     "device=cpu",
     "eval.audit=false",
+    "report=false",
 ]
 
 

@@ -18,10 +18,10 @@ SETTINGS_ONLY = [*TINY, "eval.epsilons=[0,0.1]"]  # for runs that must stop befo
 
 def test_single_run_writes_every_output_and_reloads(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli(*FAST, "eval.audit=true", f"hydra.run.dir={out}", cwd=tmp_path)
+    proc = run_cli(*FAST, "eval.audit=true", "report=true", f"hydra.run.dir={out}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "robust acc" in proc.stdout and "clean accuracy" in proc.stdout
-    for name in ("metrics.json", "curve.csv", "training.csv", "robustness_curve.png", "training_curve.png", "audit.json",
+    for name in ("metrics.json", "curve.csv", "training.csv", "robustness_curve.png", "training_curve.png", "audit.json", "report.html",
                  "model.pt", "model.json", ".hydra/config.yaml"):
         assert (out / name).is_file(), name
     assert not (out / "error.txt").exists()

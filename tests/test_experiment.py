@@ -151,3 +151,13 @@ def test_certification_is_skipped_or_refused_where_no_guarantee_exists(make_cfg,
     with pytest.raises(ConfigError) as info:
         experiment.run(make_cfg(*TINY, "eval.certify=true", "model.hidden=[16]"), tmp_path / "required")
     assert info.value.key == "model.activation"
+
+
+def test_report_false_keeps_the_results_and_skips_figures_and_report(make_cfg, tmp_path):
+    experiment.run(make_cfg(*TINY, "report=false", "attack.steps=2", "eval.epsilons=[0,0.1]"), tmp_path / "off")
+    names = {p.name for p in (tmp_path / "off").iterdir()}
+    assert {"metrics.json", "curve.csv", "training.csv", "model.pt", "model.json"} <= names
+    assert not [n for n in names if n.endswith((".png", ".svg")) or n.startswith("report.")], names
+    with pytest.raises(ConfigError) as info:
+        experiment.run(make_cfg(*TINY, "report=maybe"), tmp_path / "bad")
+    assert info.value.key == "report"

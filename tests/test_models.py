@@ -16,6 +16,7 @@ from advrun.certify import certified_radii, check_certifiable, smooth_activation
 from advrun.defenses import CrossLipschitz
 from advrun.errors import InvalidValue
 from advrun.models import ACTIVATIONS, CNN, MLP, Abs, LogReg, Normalize, PreActResNet18, make_activation
+from advrun.training import batch_starts
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -437,3 +438,14 @@ def test_binary_logreg_runs_end_to_end_with_exact_attack_and_certificate(make_cf
     assert (certified <= exact + 1e-12).all()  # a proven lower bound never exceeds the exact attack
     run = experiment.load_run(tmp_path)
     assert run.model.binary and run.model(torch.rand(2, 1, 8, 8)).shape == (2, 2)
+
+
+def test_a_last_batch_of_one_sample_joins_the_one_before_it_with_batch_norm(make_cfg, tmp_path):
+    # 225 training samples in batches of 32: the eighth batch would hold one sample, which batch
+    # norm cannot normalise in train mode; it joins the seventh batch instead (without batch norm
+    # the batches stay as they are).
+    assert batch_starts(225, 32, MLP(in_shape=(4,), num_classes=2, batch_norm=True))[-1] == 192
+    assert batch_starts(225, 32, MLP(in_shape=(4,), num_classes=2))[-1] == 224
+    metrics = experiment.run(make_cfg(*TINY, "dataset.n_train=225", "model.batch_norm=true", "attack=none"),
+                             tmp_path / "run")
+    assert metrics["n_train"] == 225 and metrics["clean_accuracy"] > 0.3

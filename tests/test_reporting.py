@@ -39,7 +39,7 @@ def _run(folder: Path, *overrides: str) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ADVRUN_CACHE_DIR", str(folder.parent / f"model-cache-{folder.name}"))
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[*TINY, *overrides])
+            cfg = compose(config_name="config", overrides=[*TINY, "report=true", *overrides])
         experiment.run(cfg, folder)
     return folder
 
@@ -279,7 +279,7 @@ def sweep(tmp_path_factory) -> Path:
     """A real two-job sweep (``advrun -m``), plus a failed job and an interrupted one beside them."""
     root = tmp_path_factory.mktemp("sweep") / "root"
     cache = tmp_path_factory.mktemp("sweep-cache")
-    done = run_inprocess("-m", "attack.eps=0.05,0.1", *TINY, "attack.steps=2", f"hydra.sweep.dir={root}",
+    done = run_inprocess("-m", "attack.eps=0.05,0.1", *TINY, "report=true", "attack.steps=2", f"hydra.sweep.dir={root}",
                          cwd=tmp_path_factory.mktemp("cwd"), env={"ADVRUN_CACHE_DIR": str(cache)})
     assert done.returncode == 0, done.stderr[-3000:]
     assert (root / "summary.csv").is_file()  # written at the end of the sweep
