@@ -246,15 +246,18 @@ class Audit:
             return Check(name, NA, f"{a.label} is itself a single-step attack")
         return None
 
-    def _compare(self, name: str, other: Attack, *, per_sample: bool, advice: str, what: str) -> Check:
-        """Warn when ``other`` fools more samples than the run's attack (``per_sample``: samples
-        that the run's attack missed) by more than the tolerance."""
+    def _against(self, other: Attack) -> tuple[int, int, int, int, int]:
+        """``other`` at the headline budget against the run's attack: eligible samples, samples
+        each fools, samples only ``other`` fools, and the tolerance."""
         fooled, eligible = self.headline()
         other_fooled, _ = self.bench.success(other, self.attack.eps)
         n = int(eligible.sum())
-        tol = tolerance(n)
-        ours, theirs = int(fooled.sum()), int(other_fooled.sum())
-        missed = int((other_fooled & ~fooled).sum())
+        return n, int(fooled.sum()), int(other_fooled.sum()), int((other_fooled & ~fooled).sum()), tolerance(n)
+
+    def _compare(self, name: str, other: Attack, *, per_sample: bool, advice: str, what: str) -> Check:
+        """Warn when ``other`` fools more samples than the run's attack (``per_sample``: samples
+        that the run's attack missed) by more than the tolerance."""
+        n, ours, theirs, missed, tol = self._against(other)
         excess = missed if per_sample else theirs - ours
         measured = (
             f"at eps {self.attack.eps:g} on {n} samples {self.attack.label} fools {ours}, {other.label} {theirs}"
@@ -342,10 +345,7 @@ class Audit:
         stronger = stronger_attack(self.attack)
         if stronger is None:
             return Check(name, NA, f"no iteration count is known for {self.attack.label}")
-        fooled, eligible = self.headline()
-        more, _ = self.bench.success(stronger, self.attack.eps)
-        n, ours, theirs = int(eligible.sum()), int(fooled.sum()), int(more.sum())
-        tol = tolerance(n)
+        n, ours, theirs, _, tol = self._against(stronger)
         measured = (f"at eps {self.attack.eps:g} on {n} samples: {ours} fooled, {theirs} with twice the "
                     f"iterations; tolerance {tol}")
         if theirs > ours + tol:

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from advrun.errors import ConfigError, InvalidValue
+from advrun.errors import ConfigError, InvalidValue, require_non_negative, require_positive
 
 if TYPE_CHECKING:
     import torch
@@ -154,20 +154,21 @@ _SWITCH_KEYS = ("nesterov", "amsgrad", "centered", "maximize", "foreach")
 def check_optimizer(node: DictConfig) -> None:
     """The optimizer's numbers, checked before PyTorch sees them, so that a bad value is reported
     under its own key (``optimizer.lr``) rather than as PyTorch's message about the group."""
-    def number(value: Any) -> bool:
-        return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-
-    for key, value in node.items():
-        if key in _RATE_KEYS and not (number(value) and value > 0):
-            raise ConfigError(f"optimizer.{key}", f"must be a finite number > 0, got {value!r}")
-        if key in _NON_NEGATIVE_KEYS and not (number(value) and value >= 0):
-            raise ConfigError(f"optimizer.{key}", f"must be a finite number >= 0, got {value!r}")
-        if key in _SWITCH_KEYS and not isinstance(value, bool):
-            raise ConfigError(f"optimizer.{key}", f"must be true or false, got {value!r}")
-        if key == "betas":
-            betas = to_container(value)
-            if not (isinstance(betas, list) and len(betas) == 2 and all(number(b) and 0 <= b < 1 for b in betas)):
-                raise ConfigError("optimizer.betas", f"must be two numbers in [0, 1), got {betas!r}")
+    try:
+        for key, value in node.items():
+            if key in _RATE_KEYS:
+                require_positive(key, value)
+            elif key in _NON_NEGATIVE_KEYS:
+                require_non_negative(key, value)
+            elif key in _SWITCH_KEYS and not isinstance(value, bool):
+                raise InvalidValue(key, f"must be true or false, got {value!r}")
+            elif key == "betas":
+                betas = to_container(value)
+                if not (isinstance(betas, list) and len(betas) == 2 and all(
+                        not isinstance(b, bool) and isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
+                    raise InvalidValue(key, f"must be two numbers in [0, 1), got {betas!r}")
+    except InvalidValue as e:
+        raise ConfigError(f"optimizer.{e.field}", e.message) from None
 
 
 def _check_keys(cfg: DictConfig) -> None:

@@ -237,8 +237,10 @@ class AdvrunCallback(Callback):
         outcome = last_sweep()
         if outcome is None or not console.sweep_bar_running():
             return  # a job run by another process's launcher
-        failed = (Path(str(config.hydra.runtime.output_dir)) / "error.txt").exists()
-        outcome.jobs[Path(str(config.hydra.runtime.output_dir)).name] = "failed" if failed else "ok"
+        from advrun.reporting.report import run_status
+
+        folder = Path(str(config.hydra.runtime.output_dir))
+        outcome.jobs[folder.name] = run_status(folder)
         ended = list(outcome.jobs.values())
         console.advance_sweep_bar(f"sweep: {ended.count('ok')} ok, {ended.count('failed')} failed")
 
