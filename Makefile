@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+DOCS_STAMP := $(VENV)/.docs-stamp
 PIP_FLAGS ?= -q --disable-pip-version-check
 
 .PHONY: install run test test-slow test-all bench clean
@@ -38,5 +39,15 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_attacks.py
 	$(BIN)/python benchmarks/bench_sweep.py
 
+# The reference pages in docs/ as a site in site/ (MkDocs; --strict: any warning, such as a broken link
+# or a page missing from the navigation in mkdocs.yml, fails the build). Installs the docs extra first.
+.PHONY: docs
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/python -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache site
