@@ -3,7 +3,7 @@ direction of its effect (robust training raises robust accuracy above standard t
 same budget; exact robust training of a linear model meets the exact attack).
 
 The MNIST studies read the real MNIST subset in ../shared/data and skip without it; the full-size
-figures are in the README."""
+figures are in docs/studies.md."""
 
 from __future__ import annotations
 

@@ -155,7 +155,7 @@ def test_optuna_preset_maximises_robust_accuracy(tmp_path):
 
 
 def test_ray_launcher_local_instance(tmp_path):
-    """Runs where ``advrun[ray]`` is installed (not part of the test extra: README, "Sweeps")."""
+    """Runs where ``advrun[ray]`` is installed (not part of the test extra: docs/launchers.md)."""
     pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="advrun[ray] is not installed")
     sweep = tmp_path / "sweep"
     proc = run_cli("-m", "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
