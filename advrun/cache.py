@@ -32,6 +32,7 @@ from omegaconf import DictConfig
 
 from advrun import io
 from advrun.config import to_container
+from advrun.runfolder import weights_file
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,6 @@ def file_digest(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def weights_file(path: str | Path) -> Path:
-    """The file a ``model.checkpoint`` names: the path itself, or ``model.pt`` in a run folder."""
-    path = Path(str(path))
-    return path / "model.pt" if path.is_dir() else path
 
 
 def training_spec(cfg: DictConfig, device: torch.device) -> dict[str, Any]:

@@ -23,19 +23,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from advrun import audit, cache, certify, io, losses, schedules
+from advrun import audit, cache, certify, losses, schedules
 from advrun.attacks.base import Attack
 from advrun.attacks.norms import norm_name, parse_norm
 from advrun.config import build, check_optimizer, epsilons_from, resolve_device, to_container, validate_run
 from advrun.console import results
 from advrun.data import Dataset, load_dataset
-from advrun.errors import AdvrunError, ConfigError, InvalidValue
+from advrun.errors import AdvrunError, ConfigError, InvalidValue, OutputError
 from advrun.evaluation import CURVE_COLUMNS, robustness_curve
 from advrun.models import Classifier
 from advrun.reporting import plots
-from advrun.reporting.figures import write_model_figures
+from advrun.reporting.figures import model_figures
 from advrun.reporting.report import write_run_report
 from advrun.reporting.tables import summary_table
+from advrun.runfolder import Metrics, RunFolder, RunResult, weights_file
 from advrun.training import HISTORY_COLUMNS, CorruptCheckpoint, NonFiniteLoss, accuracy, batch_starts, train
 from advrun.versions import git_commit, versions
 
@@ -81,7 +82,7 @@ def load_weights(model: nn.Module, path: Any, key: str = "model.checkpoint") -> 
     afterwards); a file that needs arbitrary unpickling is refused, and a mismatch names the keys
     that differ.
     """
-    file = cache.weights_file(path)
+    file = weights_file(path)
     if not file.is_file():
         raise ConfigError(key, f"{file} does not exist")
     try:
@@ -193,18 +194,14 @@ def certified_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: fl
     } for eps, accuracy in zip(epsilons, accuracies)], columns=CURVE_COLUMNS)
 
 
-def audit_evaluation(cfg: DictConfig, model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor,
-                     evaluation, bounds, out: Path) -> tuple[list[audit.Check], dict[str, Any], float]:
-    """The evaluation audit (:mod:`advrun.audit`): ``audit.json`` written, each warning logged;
-    returns the checks, their summary for ``metrics.json`` and the seconds it took."""
-    start = time.perf_counter()
-    checks = audit.audit(model, attack, x, y, evaluation.curve, bounds=bounds, samples=evaluation.samples,
-                         batch_size=cfg.eval.batch_size, seed=cfg.seed)
-    io.write_json(out / "audit.json", audit.checks_to_records(checks))
+def audit_evaluation(plan: "RunPlan", x: torch.Tensor, y: torch.Tensor, evaluation) -> list[audit.Check]:
+    """The evaluation audit (:mod:`advrun.audit`), each warning logged."""
+    checks = audit.audit(plan.model, plan.attack, x, y, evaluation.curve, bounds=plan.data.bounds,
+                         samples=evaluation.samples, batch_size=plan.cfg.eval.batch_size, seed=plan.cfg.seed)
     for check in checks:
         if check.status == audit.WARN:
             log.warning("audit %s: %s. Try: %s", check.name, check.reason, check.advice)
-    return checks, audit.summary(checks), time.perf_counter() - start
+    return checks
 
 
 def check_loss(name: Any, data: Dataset, defense: Any) -> None:
@@ -243,7 +240,7 @@ def fit(cfg, model, defense, optimizer, scheduler, data, batch_size, generator, 
     entry = spec = None
     if cfg.cache.enabled:
         entry, spec = cache.entry_for(cfg, device)
-    checkpoint = entry.checkpoint if entry is not None else out / "checkpoint.pt"
+    checkpoint = entry.checkpoint if entry is not None else RunFolder(out).checkpoint
     with entry.lock() if entry is not None else contextlib.nullcontext():
         if entry is not None and entry.complete():
             try:
@@ -287,33 +284,50 @@ def _describe(obj: Any) -> str:
 
 
 @dataclass
-class Run:
-    """A finished run reloaded from disk by :func:`load_run`."""
+class RunPlan:
+    """Every object the config names, built and validated: nothing trained, evaluated or written yet.
 
-    path: Path
-    model: nn.Module
-    config: DictConfig
-    metrics: dict[str, Any] | None
-
-
-def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
-    """Train, attack and evaluate as ``cfg`` says; write the results into ``output_dir``.
-
-    ``metrics.json`` is written last of the results: a folder without it holds no finished run.
-    The report (``report.md``, ``report.html``) follows, built from the files on disk.
+    Every mistake in the config is found while the plan is made (:func:`plan`), before any training.
     """
-    t0 = time.perf_counter()
-    out = Path(output_dir)
-    if (out / "metrics.json").exists():
-        raise AdvrunError("hydra.run.dir", f"{out} already holds a finished run; choose another output folder")
+
+    cfg: DictConfig
+    folder: RunFolder
+    device: torch.device
+    generator: torch.Generator
+    data: Dataset
+    model: Classifier
+    defense: Any
+    attack: Attack | None
+    epsilons: list[float]
+    certify_norm: float | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    batch_size: int
+    audit: bool
+    figures: bool
+    started: float
+
+    @property
+    def title(self) -> str:
+        return f"{self.data.name} / {_describe(self.model)} / defense {_describe(self.defense)}"
+
+    def evaluation_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``eval.n_samples`` test samples (all of them by default)."""
+        n = self.cfg.eval.n_samples or len(self.data.x_test)
+        return self.data.x_test[:n], self.data.y_test[:n]
+
+
+def plan(cfg: DictConfig, output_dir: str | Path) -> RunPlan:
+    """Build and check everything ``cfg`` names (data, model, defense, attack, optimizer, schedule),
+    seeded as the run will be; raises :class:`AdvrunError` naming the key of the first mistake."""
+    started = time.perf_counter()
+    folder = RunFolder(output_dir)
+    if folder.finished():
+        raise AdvrunError("hydra.run.dir", f"{folder.path} already holds a finished run; choose another output folder")
     validate_run(cfg)
     device = resolve_device(cfg.device)
-    saved_config = out / ".hydra" / "config.yaml"
-    if not saved_config.exists():  # called from Python rather than by the advrun command
-        io.write_text(saved_config, OmegaConf.to_yaml(cfg))
     set_deterministic(cfg.get("deterministic", False))
     generator = seed_everything(cfg.seed)
-
     data = load_dataset(to_container(cfg.dataset)).to(device)
     model = build_model(cfg.model, data).to(device)
     check_optimizer(cfg.optimizer)
@@ -330,120 +344,170 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     optimizer = build(cfg.optimizer, "optimizer", params=model.parameters())
     batch_size = len(data.x_train) if cfg.train.batch_size == "full" else cfg.train.batch_size
     scheduler = build_scheduler_from(cfg.train, optimizer, len(batch_starts(len(data.x_train), batch_size, model)))
-    audit_on = audit.requested(cfg.eval.get("audit", True))
-    t_data = time.perf_counter()
-    title = f"{data.name} / {_describe(model)} / defense {_describe(defense)}"
-    log.info(
-        "%s: %d training and %d test samples of shape %s, %d classes, device %s",
-        data.name, len(data.x_train), len(data.x_test), data.shape, data.num_classes, device,
+    return RunPlan(
+        cfg=cfg, folder=folder, device=device, generator=generator, data=data, model=model, defense=defense,
+        attack=attack, epsilons=epsilons, certify_norm=certify_norm, optimizer=optimizer, scheduler=scheduler,
+        batch_size=batch_size, audit=audit.requested(cfg.eval.get("audit", True)),
+        figures=cfg.get("report", True),  # report=false: no figures and no report (large sweeps)
+        started=started,
     )
 
-    history, training = fit(cfg, model, defense, optimizer, scheduler, data, batch_size, generator, device, out)
+
+@dataclass
+class Evaluated:
+    """What the evaluation attack found: the curve (with certified rows), the minimal norms per
+    sample of a minimum-norm attack, the audit, and the images the attack made."""
+
+    curve: pd.DataFrame
+    samples: pd.DataFrame | None
+    checks: list[audit.Check] | None
+    audit_s: float
+    images: dict[str, torch.Tensor]
+
+
+def evaluate(plan: RunPlan, x: torch.Tensor, y: torch.Tensor) -> Evaluated:
+    """Attack the trained model over the budgets of the curve, certify it, audit the evaluation."""
+    attack, data = plan.attack, plan.data
+    attack.prepare(plan.model, data.x_train, data.y_train, data.bounds)
+    evaluation = robustness_curve(plan.model, attack, x, y, plan.epsilons, bounds=data.bounds,
+                                  batch_size=plan.cfg.eval.batch_size)
+    curve = evaluation.curve
+    if plan.certify_norm is not None:
+        certified = certified_curve(plan.model, x, y, plan.certify_norm, plan.epsilons)
+        curve = pd.concat([curve, certified], ignore_index=True)
+    start = time.perf_counter()
+    checks = audit_evaluation(plan, x, y, evaluation) if plan.audit else None
+    return Evaluated(curve, evaluation.samples, checks, time.perf_counter() - start, attack.artifacts())
+
+
+def draw_figures(plan: RunPlan, history: pd.DataFrame, evaluated: Evaluated | None, x: torch.Tensor,
+                 y: torch.Tensor) -> dict[str, dict[str, bytes]]:
+    """The run's figures, rendered (PNG and SVG bytes by file stem)."""
+    drawn = {}
+    if len(history):
+        drawn["training_curve"] = plots.plot_training_curve(history, plan.title)
+    if evaluated is not None:
+        label = plan.attack.label
+        if evaluated.samples is not None:
+            drawn["norm_distribution"] = plots.plot_norm_distribution(evaluated.samples, label)
+        drawn["robustness_curve"] = plots.plot_robustness_curve(
+            evaluated.curve, f"{plan.title}\n{label}, {len(x)} test samples", plan.data.bounds)
+    drawn.update(model_figures(plan.model, plan.attack, plan.data, x, y, plan.title))
+    return {stem: plots.render(figure) for stem, figure in drawn.items()}
+
+
+def execute(plan: RunPlan) -> RunResult:
+    """Train (or resume, or reuse from the cache), attack, certify and audit as ``plan`` says; the
+    results as typed fields. Writes nothing into the run folder but the training checkpoint."""
+    cfg, data = plan.cfg, plan.data
+    t_data = time.perf_counter()
+    log.info("%s: %d training and %d test samples of shape %s, %d classes, device %s", data.name,
+             len(data.x_train), len(data.x_test), data.shape, data.num_classes, plan.device)
+    history, training = fit(cfg, plan.model, plan.defense, plan.optimizer, plan.scheduler, data, plan.batch_size,
+                            plan.generator, plan.device, plan.folder.path)
     seed_everything(cfg.seed)  # the attacks draw the same numbers whether the model was trained, resumed or reused
     t_train = time.perf_counter()
-    io.write_json(out / "model.json", {
-        "in_shape": list(data.shape), "num_classes": data.num_classes,
-        "class_names": data.class_names, "bounds": list(data.bounds),
-    })
-    io.save_torch(out / "model.pt", {k: v.cpu() for k, v in model.state_dict().items()})
-    io.write_csv(out / "training.csv", history)
-    figures = cfg.get("report", True)  # report=false: no figures and no report (large sweeps)
-    if len(history) and figures:
-        plots.save(plots.plot_training_curve(history, title), out / "training_curve")
-
-    n_eval = cfg.eval.n_samples or len(data.x_test)
-    x_eval, y_eval = data.x_test[:n_eval], data.y_test[:n_eval]
-    clean = accuracy(model, x_eval, y_eval, cfg.eval.batch_size)
-    curve = audited = None
-    if attack is not None:
-        attack.prepare(model, data.x_train, data.y_train, data.bounds)
-        for name, image in attack.artifacts().items():
-            io.save_image(out / f"{name}.png", image)
-        evaluation = robustness_curve(
-            model, attack, x_eval, y_eval, epsilons, bounds=data.bounds, batch_size=cfg.eval.batch_size
-        )
-        curve = evaluation.curve
-        if certify_norm is not None:
-            curve = pd.concat([curve, certified_curve(model, x_eval, y_eval, certify_norm, epsilons)], ignore_index=True)
-        io.write_csv(out / "curve.csv", curve.drop(columns="time_s"))  # timings go to metrics.json's "timings"
-        if evaluation.samples is not None:
-            io.write_csv(out / "norms.csv", evaluation.samples)
-            if figures:
-                plots.save(plots.plot_norm_distribution(evaluation.samples, attack.label), out / "norm_distribution")
-        if figures:
-            plots.save(plots.plot_robustness_curve(curve, f"{title}\n{attack.label}, {len(x_eval)} test samples",
-                                                   data.bounds), out / "robustness_curve")
-        if audit_on:
-            audited = audit_evaluation(cfg, model, attack, x_eval, y_eval, evaluation, data.bounds, out)
+    x, y = plan.evaluation_set()
+    clean = accuracy(plan.model, x, y, cfg.eval.batch_size)
+    evaluated = evaluate(plan, x, y) if plan.attack is not None else None
     t_eval = time.perf_counter()
-    if figures:
-        write_model_figures(out, model, attack, data, x_eval, y_eval, title)
-
-    metrics = _metrics(cfg, data, device, history, clean, len(x_eval), attack, curve)
-    metrics["training"] = training
-    if audited is not None:
-        metrics["audit"] = audited[1]
-    metrics["timings"] = {
-        "setup_s": t_data - t0, "train_s": t_train - t_data, "eval_s": t_eval - t_train,
-        "total_s": time.perf_counter() - t0,
-        "audit_s": audited[2] if audited is not None else 0.0,
-        "curve": [] if curve is None else json.loads(curve[["attack", "norm", "eps", "time_s"]].to_json(orient="records")),
-    }
-    io.write_json(out / "metrics.json", metrics)
-    if curve is not None:
-        results.print(summary_table(curve, clean, len(x_eval), f"{title}: {attack.label}"))
-        if audited is not None:
-            results.print(audit.audit_table(audited[0]))
-    else:
-        results.print(f"{title}: clean accuracy {100 * clean:.2f}% on {len(x_eval)} test samples (no attack)")
-    if figures:
-        write_run_report(out)  # after metrics.json: built from the files on disk, like advrun-report
-        results.print(f"results in {out} (report: {out / 'report.html'})")
-    else:
-        results.print(f"results in {out} (report=false: no figures or report)")
-    return metrics
+    figures = draw_figures(plan, history, evaluated, x, y) if plan.figures else {}
+    metrics = run_metrics(plan, history, clean, len(x), evaluated)
+    metrics.training = training
+    metrics.timings = {"setup_s": t_data - plan.started, "train_s": t_train - t_data, "eval_s": t_eval - t_train,
+                       "total_s": time.perf_counter() - plan.started,
+                       "audit_s": evaluated.audit_s if evaluated is not None else 0.0,
+                       "curve": [] if evaluated is None else json.loads(
+                           evaluated.curve[["attack", "norm", "eps", "time_s"]].to_json(orient="records"))}
+    return RunResult(
+        metrics=metrics, history=history, weights=plan.model.state_dict(), figures=figures,
+        model_info={"in_shape": list(data.shape), "num_classes": data.num_classes,
+                    "class_names": data.class_names, "bounds": list(data.bounds)},
+        curve=None if evaluated is None else evaluated.curve,
+        samples=None if evaluated is None else evaluated.samples,
+        audit=None if evaluated is None or evaluated.checks is None else audit.checks_to_records(evaluated.checks),
+        images={} if evaluated is None else evaluated.images,
+    )
 
 
-def _metrics(cfg, data, device, history, clean, n_eval, attack, curve) -> dict[str, Any]:
-    metrics: dict[str, Any] = {
-        "dataset": data.name,
-        "n_train": len(data.x_train),
-        "n_test": len(data.x_test),
-        "n_eval": n_eval,
-        "clean_accuracy": clean,
-        "test_accuracy": float(history["test_accuracy"].iloc[-1]) if len(history) else math.nan,
-        "final_train_loss": float(history["loss"].iloc[-1]) if len(history) else math.nan,
-        "denominators": {
-            "clean_accuracy": "correct clean predictions / n_eval",
-            "robust_accuracy": "samples correct both clean and under attack / n_eval",
-            "success_rate": "initially correct samples the attack fooled / initially correct samples",
-        },
-        "attack": None,
-    }
-    if attack is not None:
+def run_metrics(plan: RunPlan, history: pd.DataFrame, clean: float, n_eval: int,
+                evaluated: Evaluated | None) -> Metrics:
+    """The headline numbers of ``metrics.json`` (timings and the training's origin are added by the caller)."""
+    cfg, data, attack = plan.cfg, plan.data, plan.attack
+    metrics = Metrics(
+        dataset=data.name, n_train=len(data.x_train), n_test=len(data.x_test), n_eval=n_eval, clean_accuracy=clean,
+        test_accuracy=float(history["test_accuracy"].iloc[-1]) if len(history) else math.nan,
+        final_train_loss=float(history["loss"].iloc[-1]) if len(history) else math.nan,
+        seed=cfg.seed, seeds=seeds(cfg.seed), deterministic=bool(cfg.get("deterministic", False)),
+        device=str(plan.device), versions=versions(), git_commit=git_commit(),
+    )
+    if evaluated is not None:
+        curve = evaluated.curve
         # an attack outside the Lp threat model has one row (eps NaN) and no budget
         rows = curve[curve["attack"] == attack.name]
         headline = rows.loc[rows["eps"] == attack.eps].iloc[0] if attack.lp_bounded else rows.iloc[0]
         certified = curve[(curve["attack"] == "certified") & (curve["eps"] == attack.eps)]
         if len(certified):
-            metrics["certified_accuracy"] = float(certified["robust_accuracy"].iloc[0])
-        metrics.update({
-            "attack": attack.name,
-            "norm": norm_name(attack.norm),
-            "eps": attack.eps if attack.lp_bounded else None,
-            "robust_accuracy": float(headline["robust_accuracy"]),
-            "success_rate": float(headline["success_rate"]),
-            "curve": json.loads(curve.drop(columns="time_s").to_json(orient="records")),
-        })
-    metrics.update({
-        "seed": cfg.seed,
-        "seeds": seeds(cfg.seed),
-        "deterministic": bool(cfg.get("deterministic", False)),
-        "device": str(device),
-        "versions": versions(),
-        "git_commit": git_commit(),
-    })
+            metrics.certified_accuracy = float(certified["robust_accuracy"].iloc[0])
+        metrics.attack, metrics.norm = attack.name, norm_name(attack.norm)
+        metrics.eps = attack.eps if attack.lp_bounded else None
+        metrics.robust_accuracy = float(headline["robust_accuracy"])
+        metrics.success_rate = float(headline["success_rate"])
+        metrics.curve = json.loads(curve.drop(columns="time_s").to_json(orient="records"))
+        if evaluated.checks is not None:
+            metrics.audit = audit.summary(evaluated.checks)
     return metrics
+
+
+def print_summary(plan: RunPlan, result: RunResult) -> None:
+    """The summary table (and the audit's) on the console."""
+    metrics = result.metrics
+    if result.curve is not None:
+        results.print(summary_table(result.curve, metrics.clean_accuracy, metrics.n_eval,
+                                    f"{plan.title}: {plan.attack.label}"))
+        if result.audit is not None:
+            results.print(audit.audit_table([audit.Check(**record) for record in result.audit]))
+    else:
+        results.print(f"{plan.title}: clean accuracy {100 * metrics.clean_accuracy:.2f}% on {metrics.n_eval} "
+                      "test samples (no attack)")
+
+
+def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
+    """Train, attack and evaluate as ``cfg`` says; write the results into ``output_dir``.
+
+    The straight pass: :func:`plan` (everything checked), :func:`execute` (the numbers),
+    :meth:`RunFolder.write` (the files, ``metrics.json`` last), then the report, built from the
+    files on disk like ``advrun-report``. A report that cannot be written (a full disk) leaves the
+    results as they are: a warning says so and how to rebuild it. Returns ``metrics.json``'s record.
+    """
+    planned = plan(cfg, output_dir)
+    folder = planned.folder
+    if not folder.is_run():  # called from Python rather than by the advrun command
+        folder.write_config(OmegaConf.to_yaml(cfg))
+    result = execute(planned)
+    folder.write(result)
+    print_summary(planned, result)
+    if not planned.figures:
+        results.print(f"results in {folder.path} (report=false: no figures or report)")
+        return result.metrics.to_json()
+    try:
+        write_run_report(folder.path)
+    except OutputError as e:
+        log.warning("the report could not be written: %s. The results are complete; rebuild the report with "
+                    "advrun-report %s", e, folder.path)
+        return result.metrics.to_json()
+    results.print(f"results in {folder.path} (report: {folder.reports[1]})")
+    return result.metrics.to_json()
+
+
+@dataclass
+class Run:
+    """A finished run reloaded from disk by :func:`load_run`."""
+
+    path: Path
+    model: nn.Module
+    config: DictConfig
+    metrics: dict[str, Any] | None
 
 
 def load_run(path: str | Path) -> Run:
@@ -451,20 +515,17 @@ def load_run(path: str | Path) -> Run:
 
     The weights load with ``torch.load(weights_only=True)``: no arbitrary unpickling.
     """
-    path = Path(path)
-    needed = [path / ".hydra" / "config.yaml", path / "model.json", path / "model.pt"]
-    for file in needed:
+    folder = RunFolder(path)
+    for file in (folder.file(RunFolder.CONFIG), folder.file(RunFolder.MODEL_INFO), folder.weights):
         if not file.is_file():
-            raise AdvrunError("path", f"{path} is not a finished advrun run: {file.name} is missing")
-    config = OmegaConf.load(needed[0])
-    info = json.loads(needed[1].read_text())
+            raise AdvrunError("path", f"{folder.path} is not a finished advrun run: {file.name} is missing")
+    config = OmegaConf.load(folder.file(RunFolder.CONFIG))
+    info = folder.json(RunFolder.MODEL_INFO)
     model = build(model_spec(config.model), "model", in_shape=info["in_shape"], num_classes=info["num_classes"])
-    state = torch.load(needed[2], map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    model.load_state_dict(torch.load(folder.weights, map_location="cpu", weights_only=True))
     model.eval()
-    metrics_file = path / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
-    return Run(path=path, model=model, config=config, metrics=metrics)
+    metrics = folder.metrics()
+    return Run(path=folder.path, model=model, config=config, metrics=None if metrics is None else metrics.to_json())
 
 
-__all__ = ["Run", "build_attack", "build_model", "load_run", "run", "seed_everything"]
+__all__ = ["Run", "RunPlan", "build_attack", "build_model", "execute", "load_run", "plan", "run", "seed_everything"]

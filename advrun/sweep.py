@@ -88,13 +88,10 @@ def claim(folder: Path) -> bool:
 
 def record_failure(folder: str | os.PathLike, message: str, traceback: str | None = None) -> None:
     """Write ``error.txt`` (the one-line message) and, for a bug rather than bad input, ``traceback.txt``."""
-    from advrun import io
+    from advrun.runfolder import RunFolder
 
-    folder = Path(folder)
     try:
-        io.write_text(folder / "error.txt", f"{message}\n")
-        if traceback:
-            io.write_text(folder / "traceback.txt", traceback)
+        RunFolder(folder).write_error(message, traceback)
     except AdvrunError as e:  # e.g. the disk that made the run fail is full: the message still reaches the console
         log.warning("the error could not be recorded in %s: %s", folder, e)
 
@@ -237,10 +234,10 @@ class AdvrunCallback(Callback):
         outcome = last_sweep()
         if outcome is None or not console.sweep_bar_running():
             return  # a job run by another process's launcher
-        from advrun.reporting.report import run_status
+        from advrun.runfolder import RunFolder
 
-        folder = Path(str(config.hydra.runtime.output_dir))
-        outcome.jobs[folder.name] = run_status(folder)
+        folder = RunFolder(str(config.hydra.runtime.output_dir))
+        outcome.jobs[folder.path.name] = folder.status()
         ended = list(outcome.jobs.values())
         console.advance_sweep_bar(f"sweep: {ended.count('ok')} ok, {ended.count('failed')} failed")
 

@@ -5,6 +5,7 @@ that is not complete."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -95,3 +96,35 @@ def test_an_output_folder_that_cannot_be_created_is_one_error_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("advrun: error: hydra.run.dir: cannot create"), proc.stderr
     assert blocker.read_text().startswith("a file where")
+
+
+def test_a_report_that_cannot_be_written_leaves_complete_results_and_says_how_to_rebuild_it(tmp_path, monkeypatch):
+    # The disk fills up while report.html is written, the last file of a run.
+    original = io.atomic_path
+
+    @contextlib.contextmanager
+    def full_disk_for_the_report(path):
+        with original(path) as tmp:
+            if Path(path).name == "report.html":
+                tmp.write_text("<html><body>half a rep")
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            yield tmp
+
+    monkeypatch.setattr(io, "atomic_path", full_disk_for_the_report)
+    out = tmp_path / "run"
+    proc = run_inprocess(*FAST, "report=true", f"hydra.run.dir={out}", "cache.enabled=false")
+    assert proc.returncode == 0, proc.stderr
+    assert "advrun: error" not in proc.stderr and "Traceback" not in proc.stderr
+    logged = (out / "cli.log").read_text()  # the console wraps long lines; the log keeps them whole
+    assert "report.html: cannot be written (No space left on device)" in logged, logged[-2000:]
+    assert "The results are complete; rebuild the report with advrun-report" in logged
+    assert not (out / "report.html").exists() and not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert all(_complete(p) for p in out.iterdir() if p.suffix in (".json", ".pt", ".csv"))
+    from advrun.reporting.cli import main as advrun_report
+    from advrun.reporting.sweep import job_record
+    from advrun.runfolder import OK, RunFolder
+
+    assert RunFolder(out).status() == OK and job_record(out, tmp_path)["status"] == OK
+    monkeypatch.setattr(io, "atomic_path", original)
+    assert advrun_report([str(out)]) == 0
+    assert "<html" in (out / "report.html").read_text()

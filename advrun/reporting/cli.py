@@ -32,18 +32,20 @@ def report(path: Path, rebuild_jobs: bool = True) -> list[Path]:
 
     Raises :class:`AdvrunError` (key ``path``) when ``path`` is neither."""
     from advrun.reporting.report import write_run_report
-    from advrun.reporting.sweep import find_jobs, write_sweep_report
+    from advrun.reporting.sweep import write_sweep_report
+    from advrun.runfolder import RunFolder, SweepFolder
 
     if not path.is_dir():
         raise AdvrunError("path", f"{path} is not a folder")
-    if (path / ".hydra" / "config.yaml").is_file():
+    if RunFolder(path).is_run():
         return list(write_run_report(path))
-    if not find_jobs(path):
-        raise AdvrunError("path", f"{path} is neither a run folder (no .hydra/config.yaml in it) nor a sweep folder "
+    sweep = SweepFolder(path)
+    if not sweep.jobs():
+        raise AdvrunError("path", f"{path} is neither a run folder (no {RunFolder.CONFIG} in it) nor a sweep folder "
                                   "(no run folders below it)")
     frame = write_sweep_report(path, rebuild_jobs=rebuild_jobs)
     _print_summary(frame)
-    return [path / name for name in ("summary.csv", "summary.md", "report.html")]
+    return sweep.summary_files()
 
 
 def _print_summary(frame) -> None:

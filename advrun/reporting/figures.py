@@ -7,14 +7,13 @@
 * 2-D inputs (``dataset=moons``): decision regions with training and adversarial points
   (:mod:`advrun.reporting.regions`), ``decision_regions.png``.
 
-Every figure is saved as PNG and SVG. Making them never moves the global random state, so the
+The run saves every figure as PNG and SVG. Making them never moves the global random state, so the
 numbers a run reports do not depend on which pictures it drew.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -22,8 +21,8 @@ from torch import nn
 from advrun.attacks.base import Attack
 from advrun.attacks.norms import norm_name
 from advrun.data import Dataset
-from advrun.reporting import plots
 from advrun.reporting.gallery import attack_gallery, plot_gallery
+from advrun.reporting.plots import plt
 from advrun.reporting.linear import affine_weights, plot_linear_model
 from advrun.reporting.regions import plot_decision_regions
 
@@ -51,35 +50,31 @@ def _linear_budget(attack: Attack | None, data: Dataset) -> float | None:
     return attack.eps or None
 
 
-def write_model_figures(out: Path, model: nn.Module, attack: Attack | None, data: Dataset, x: torch.Tensor,
-                        y: torch.Tensor, title: str = "") -> list[Path]:
-    """Draw the pictures that apply to this model and data (module docstring) into ``out``;
-    ``x, y``: the evaluation samples, of which the first few are shown. Returns the files written."""
-    out = Path(out)
-    written: list[Path] = []
+def model_figures(model: nn.Module, attack: Attack | None, data: Dataset, x: torch.Tensor,
+                  y: torch.Tensor, title: str = "") -> dict[str, plt.Figure]:
+    """The pictures that apply to this model and data (module docstring), by file stem; ``x, y``:
+    the evaluation samples, of which the first few are shown."""
+    drawn = {}
     devices = [x.device.index or 0] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         if len(data.shape) == 3:
             x_few, y_few = x[:GALLERY_SAMPLES], y[:GALLERY_SAMPLES]
             if attack is not None and len(x_few):
                 gallery = attack_gallery(model, attack, x_few, y_few, bounds=data.bounds)
-                figure = plot_gallery(gallery, data.class_names, bounds=data.bounds, title=(
+                drawn["adversarial_gallery"] = plot_gallery(gallery, data.class_names, bounds=data.bounds, title=(
                     f"{title}\n{attack.label} at {_budget(attack)}: the first {len(x_few)} evaluation samples"))
-                written += plots.save(figure, out / "adversarial_gallery")
             affine = affine_weights(model, x) if len(x) else None
             if affine is not None:
                 eps = _linear_budget(attack, data)
-                figure = plot_linear_model(
+                drawn["linear_model"] = plot_linear_model(
                     *affine, data.shape, data.class_names, x=x_few if eps else None, y=y_few if eps else None,
                     eps=eps, norm=attack.norm if eps else None, title=f"{title}: an affine model")
-                written += plots.save(figure, out / "linear_model")
         elif data.shape == (2,):
             x_few, y_few = x[:REGION_SAMPLES], y[:REGION_SAMPLES]
             x_adv = attack(model, x_few, y_few, bounds=data.bounds).x_adv if attack is not None and len(x_few) else None
             subtitle = f"\n{attack.label} at {_budget(attack)}, {len(x_few)} evaluation points" if x_adv is not None else ""
-            figure = plot_decision_regions(model, data.x_train, data.y_train, data.class_names, bounds=data.bounds,
-                                           x=x_few if x_adv is not None else None, x_adv=x_adv,
-                                           title=f"{title}{subtitle}")
-            written += plots.save(figure, out / "decision_regions")
-    log.debug("model figures: %s", ", ".join(p.name for p in written) or "none apply")
-    return written
+            drawn["decision_regions"] = plot_decision_regions(
+                model, data.x_train, data.y_train, data.class_names, bounds=data.bounds,
+                x=x_few if x_adv is not None else None, x_adv=x_adv, title=f"{title}{subtitle}")
+    log.debug("model figures: %s", ", ".join(drawn) or "none apply")
+    return drawn

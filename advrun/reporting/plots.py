@@ -19,15 +19,28 @@ _NORM_LABEL = {"linf": r"$L_\infty$", "l2": r"$L_2$", "l1": r"$L_1$"}
 FORMATS = ("png", "svg")
 
 
+def render(fig) -> dict[str, bytes]:
+    """``fig`` as the bytes of each format of :data:`FORMATS`; the figure is closed."""
+    from io import BytesIO
+
+    rendered = {}
+    try:
+        for fmt in FORMATS:
+            buffer = BytesIO()
+            fig.savefig(buffer, format=fmt, dpi=150, bbox_inches="tight")
+            rendered[fmt] = buffer.getvalue()
+    finally:
+        plt.close(fig)
+    return rendered
+
+
 def save(fig, stem: str | Path) -> list[Path]:
     """Save ``fig`` as ``<stem>.png`` and ``<stem>.svg`` (atomic writes), close it, return the paths."""
     stem = Path(stem)
-    paths = [stem.with_name(f"{stem.name}.{fmt}") for fmt in FORMATS]
-    try:
-        for path in paths:
-            io.save_figure(path, fig)
-    finally:
-        plt.close(fig)
+    paths = []
+    for fmt, data in render(fig).items():
+        paths.append(stem.with_name(f"{stem.name}.{fmt}"))
+        io.write_bytes(paths[-1], data)
     return paths
 
 

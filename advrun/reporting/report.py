@@ -9,17 +9,17 @@ is reported as incomplete (still running, or interrupted).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from advrun import io
+from advrun.errors import AdvrunError
 from advrun.reporting.document import Block, Code, Figure, Heading, Notice, Paragraph, Table, to_html, to_markdown
+from advrun.runfolder import FAILED, INCOMPLETE, OK, RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -42,33 +42,12 @@ FIGURES = {
     "patch": "The adversarial patch the attack trained.",
 }
 
-#: The files a report consists of (left out of the report's own list of files).
-REPORT_FILES = ("report.md", "report.html")
-
 DENOMINATORS = (
     "Three accuracies, three denominators. Clean accuracy: correctly classified clean samples / all N evaluated "
     "samples. Robust accuracy: samples classified correctly both clean and under attack / all N. Success rate: "
     "initially correct samples the attack fooled / initially correct samples (targeted attacks: those not already "
     "of the target class). Norms: of the successful perturbations."
 )
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        log.warning("%s cannot be read: %s", path, e)
-        return None
-
-
-def _read_csv(path: Path) -> pd.DataFrame | None:
-    if not path.is_file():
-        return None
-    try:
-        return pd.read_csv(path)
-    except (OSError, ValueError) as e:  # an empty or truncated file
-        log.warning("%s cannot be read: %s", path, e)
-        return None
 
 
 def _missing(value: Any) -> bool:
@@ -85,42 +64,6 @@ def num(value: Any) -> str:
     if _missing(value):
         return "-"
     return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
-
-
-def run_status(path: Path) -> str:
-    """``ok`` (``metrics.json``), ``failed`` (``error.txt``) or ``incomplete`` (neither)."""
-    if (path / "metrics.json").is_file():
-        return "ok"
-    return "failed" if (path / "error.txt").is_file() else "incomplete"
-
-
-def read_config(path: Path) -> tuple[dict, str]:
-    """The run's composed config (``.hydra/config.yaml``) as a dict and as its YAML text.
-
-    Interpolations stay as written: resolving them now could read another environment
-    (``${oc.env:...}``) than the one the run saw."""
-    file = path / ".hydra" / "config.yaml"
-    if not file.is_file():
-        return {}, ""
-    text = file.read_text()
-    try:
-        config = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        log.warning("%s cannot be read: %s", file, e)
-        return {}, text
-    return (config if isinstance(config, dict) else {}), text
-
-
-def read_overrides(path: Path) -> list[str]:
-    """The command-line overrides of the run (``.hydra/overrides.yaml``), or none."""
-    file = path / ".hydra" / "overrides.yaml"
-    if not file.is_file():
-        return []
-    try:
-        overrides = yaml.safe_load(file.read_text()) or []
-    except yaml.YAMLError:
-        return []
-    return [str(o) for o in overrides] if isinstance(overrides, list) else []
 
 
 def _target(config: dict, group: str) -> str:
@@ -236,37 +179,33 @@ def _training_table(history: pd.DataFrame) -> Table:
     return Table([c.replace("_", " ") for c in columns], rows)
 
 
-def figures(path: Path) -> list[Figure]:
-    """The PNG figures of a folder: the known ones in report order, then any others by name."""
-    found = {p.stem: p for p in sorted(path.glob("*.png")) if not p.name.startswith(".")}
-    order = [s for s in FIGURES if s in found] + [s for s in found if s not in FIGURES]
-    return [Figure(found[s], FIGURES.get(s, s.replace("_", " "))) for s in order]
+def figures(folder: RunFolder) -> list[Figure]:
+    """The PNG figures of a run folder with their captions, in report order."""
+    return [Figure(p, FIGURES.get(p.stem, p.stem.replace("_", " "))) for p in folder.figures()]
 
 
 def run_document(path: str | Path) -> tuple[str, list[Block]]:
     """The title and blocks of the report of the run folder ``path`` (see the module docstring)."""
-    path = Path(path)
-    config, config_text = read_config(path)
-    status = run_status(path)
-    blocks: list[Block] = [Paragraph(f"Run folder: {path.resolve()}")]
-    if status == "failed":
-        error = (path / "error.txt").read_text(errors="replace").strip()
-        blocks.append(Notice(f"This run failed: {error}"))
-        traceback = path / "traceback.txt"
-        if traceback.is_file():
-            blocks += [Heading("Traceback"), Code(traceback.read_text(errors="replace"))]
-    elif status == "incomplete":
+    folder = RunFolder(path)
+    status = folder.status()
+    blocks: list[Block] = [Paragraph(f"Run folder: {folder.path.resolve()}")]
+    if status == FAILED:
+        blocks.append(Notice(f"This run failed: {folder.error()}"))
+        traceback = folder.traceback()
+        if traceback is not None:
+            blocks += [Heading("Traceback"), Code(traceback)]
+    elif status == INCOMPLETE:
         blocks.append(Notice("This run has not finished: its folder holds neither metrics.json nor error.txt "
                              "(it is still running, or it was interrupted).", "warn"))
-    metrics = _read_json(path / "metrics.json") if status == "ok" else None
+    metrics = _metrics(folder) if status == OK else None
     if metrics:
         blocks += [Heading("Results"), _headline(metrics)]
-    curve = _read_csv(path / "curve.csv")
+    curve = folder.curve()
     if curve is not None and len(curve):
         curve = with_times(curve, metrics)
         blocks += [Heading("Robustness curve"), Paragraph(DENOMINATORS), curve_table(curve)]
-    checks = _read_json(path / "audit.json") if (path / "audit.json").is_file() else None
-    if isinstance(checks, list):
+    checks = folder.audit()
+    if checks is not None:
         table, summary = audit_table(checks)
         blocks += [Heading("Evaluation audit"), Paragraph(
             "Checks of the evaluation after Carlini et al. 2019 (\"On evaluating adversarial robustness\") and "
@@ -275,30 +214,39 @@ def run_document(path: str | Path) -> tuple[str, list[Block]]:
             blocks.append(Notice("Some checks warn: the robust accuracy above may overestimate the model's true "
                                  "robustness. See the advice column.", "warn"))
         blocks.append(table)
-    found = figures(path)
+    found = figures(folder)
     if found:
         blocks += [Heading("Figures"), *found]
-    history = _read_csv(path / "training.csv")
+    history = folder.history()
     if history is not None and len(history):
         blocks += [Heading("Training"), _training_table(history)]
-    overrides = read_overrides(path)
+    overrides = folder.overrides()
     blocks += [Heading("Configuration"),
                Paragraph("Command-line overrides: " + (" ".join(overrides) if overrides else "none") + ". "
                          "The config the run composed from them (.hydra/config.yaml), interpolations as written:"),
-               Code(config_text or "(no .hydra/config.yaml in this folder)", "yaml")]
+               Code(folder.config_text() or "(no .hydra/config.yaml in this folder)", "yaml")]
     if metrics:
         blocks += [Heading("Environment"), _environment(metrics)]
-    files = sorted(p for p in path.iterdir()
-                   if p.is_file() and not p.name.startswith(".") and p.name not in REPORT_FILES)
-    blocks += [Heading("Files"), Table(["file", "size"], [[p.name, f"{p.stat().st_size:,} bytes"] for p in files])]
-    return run_title(path, config), blocks
+    blocks += [Heading("Files"), Table(["file", "size"], [[p.name, f"{p.stat().st_size:,} bytes"]
+                                                          for p in folder.files()])]
+    return run_title(folder.path, folder.config()), blocks
+
+
+def _metrics(folder: RunFolder) -> dict | None:
+    """The run's metrics as a record, None (with a warning) when they cannot be read."""
+    try:
+        metrics = folder.metrics()
+    except AdvrunError as e:
+        log.warning("%s", e)
+        return None
+    return None if metrics is None else metrics.to_json()
 
 
 def write_run_report(path: str | Path) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` into the run folder ``path``; return their paths."""
     path = Path(path)
     title, blocks = run_document(path)
-    markdown, page = path / "report.md", path / "report.html"
+    markdown, page = RunFolder(path).reports
     io.write_text(markdown, to_markdown(title, blocks, path))
     io.write_text(page, to_html(title, blocks))
     return markdown, page

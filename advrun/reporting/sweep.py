@@ -14,21 +14,19 @@ the others. :func:`write_sweep_report` writes into the root:
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pandas as pd
-import yaml
 
 from advrun import io
 from advrun.reporting import plots
+from advrun.errors import AdvrunError
 from advrun.reporting.document import Block, Figure, Heading, Link, Notice, Paragraph, Table, to_html, to_markdown
-from advrun.reporting.report import DENOMINATORS, num, pct, read_overrides, run_status
+from advrun.reporting.report import DENOMINATORS, num, pct
+from advrun.runfolder import FAILED, OK, RunFolder, SweepFolder
 
 log = logging.getLogger(__name__)
 
@@ -42,31 +40,9 @@ SHOWN = ("attack", "norm", "eps", "clean_accuracy", "robust_accuracy", "success_
 LEADING = ("job", "status")
 
 
-def _natural(text: str) -> list:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
-
-
 def find_jobs(root: str | Path) -> list[Path]:
-    """The run folders below ``root`` (those holding ``.hydra/config.yaml``), in job-number order
-    (Hydra's ``hydra.job.num`` where recorded, then natural order of the folder names)."""
-    root = Path(root)
-    jobs = []
-    for folder, subfolders, _ in os.walk(root):
-        here = Path(folder)
-        if (here / ".hydra" / "config.yaml").is_file() and here != root:
-            jobs.append(here)
-            subfolders.clear()  # a run folder holds no other runs
-        else:
-            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-    return sorted(jobs, key=lambda job: (_job_number(job), _natural(job.relative_to(root).as_posix())))
-
-
-def _job_number(job: Path) -> float:
-    file = job / ".hydra" / "hydra.yaml"
-    try:
-        return float(yaml.safe_load(file.read_text())["hydra"]["job"]["num"])
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
-        return float("inf")
+    """The run folders below ``root``, in job-number order (:meth:`SweepFolder.jobs`)."""
+    return [job.path for job in SweepFolder(root).jobs()]
 
 
 def parse_override(override: str) -> tuple[str, str]:
@@ -82,38 +58,27 @@ def _first_line(text: str, limit: int = 300) -> str:
 
 def job_record(job: Path, root: Path) -> dict[str, Any]:
     """One row of the summary: job, status, error, overrides (as columns), metrics."""
-    status = run_status(job)
+    folder = RunFolder(job)
+    status = folder.status()
     record: dict[str, Any] = {"job": job.relative_to(root).as_posix(), "status": status, "error": ""}
-    overrides = dict(parse_override(o) for o in read_overrides(job))
+    overrides = dict(parse_override(o) for o in folder.overrides())
     record.update({f"override:{k}": v for k, v in overrides.items()})
-    if status == "failed":
-        record["error"] = (job / "error.txt").read_text(errors="replace").strip()
-    elif status == "ok":
+    if status == FAILED:
+        record["error"] = folder.error()
+    elif status == OK:
         try:
-            metrics = json.loads((job / "metrics.json").read_text())
-        except (OSError, ValueError) as e:
-            record.update(status="failed", error=f"metrics.json cannot be read: {e}")
+            metrics = folder.metrics()
+        except AdvrunError as e:
+            record.update(status=FAILED, error=str(e))
             return record
-        record.update({m: metrics.get(m) for m in METRICS})
-        record["total_s"] = (metrics.get("timings") or {}).get("total_s")
-        audit = metrics.get("audit")
-        checks = _audit(job)
+        record.update({m: getattr(metrics, m) for m in METRICS})
+        record["total_s"] = metrics.timings.get("total_s")
+        checks = folder.audit()
         if checks is not None:
-            record["audit_warnings"] = sum(1 for c in checks if isinstance(c, dict) and c.get("status") == "warn")
-        elif isinstance(audit, dict) and "warnings" in audit:
-            record["audit_warnings"] = audit["warnings"]
+            record["audit_warnings"] = sum(1 for c in checks if c.get("status") == "warn")
+        elif isinstance(metrics.audit, dict) and "warnings" in metrics.audit:
+            record["audit_warnings"] = metrics.audit["warnings"]
     return record
-
-
-def _audit(job: Path) -> list | None:
-    file = job / "audit.json"
-    if not file.is_file():
-        return None
-    try:
-        checks = json.loads(file.read_text())
-    except (OSError, ValueError):
-        return None
-    return checks if isinstance(checks, list) else None
 
 
 def sweep_summary(root: str | Path) -> pd.DataFrame:
@@ -178,13 +143,10 @@ def combined_curves(frame: pd.DataFrame, root: Path) -> list[tuple[str, pd.DataF
     """``(label, curve)`` of every finished job with a ``curve.csv``, labelled by its varying overrides."""
     varying, _ = varying_overrides(frame)
     curves = []
-    for _, row in frame[frame["status"] == "ok"].iterrows():
-        file = root / str(row["job"]) / "curve.csv"
-        if file.is_file():
-            try:
-                curves.append((job_label(row, varying), pd.read_csv(file)))
-            except (OSError, ValueError) as e:
-                log.warning("%s cannot be read: %s", file, e)
+    for _, row in frame[frame["status"] == OK].iterrows():
+        curve = RunFolder(root / str(row["job"])).curve()
+        if curve is not None:
+            curves.append((job_label(row, varying), curve))
     return curves
 
 
@@ -214,22 +176,25 @@ def write_sweep_report(root: str | Path, *, rebuild_jobs: bool = False) -> pd.Da
     or interrupted job), or always with ``rebuild_jobs``."""
     from advrun.reporting.report import write_run_report
 
-    root = Path(root)
-    for job in find_jobs(root):
-        if rebuild_jobs or not (job / "report.html").is_file():
-            write_run_report(job)
+    sweep = SweepFolder(root)
+    root = sweep.path
+    for job in sweep.jobs():
+        if rebuild_jobs or not job.reports[1].is_file():
+            write_run_report(job.path)
     frame = sweep_summary(root)
-    io.write_csv(root / "summary.csv", frame)
+    io.write_csv(sweep.file(sweep.SUMMARY_CSV), frame)
     figure = None
     curves = combined_curves(frame, root) if len(frame) else []
+    curves_stem = sweep.file(sweep.CURVES)
     if curves:
-        figure = plots.save(plots.plot_combined_curves(curves, f"sweep {root.name}: every finished job"), root / "combined_curves")[0]
+        figure = plots.save(plots.plot_combined_curves(curves, f"sweep {root.name}: every finished job"), curves_stem)[0]
     else:  # no finished job with a curve (yet): no figure, not an old one
         for fmt in plots.FORMATS:
-            (root / f"combined_curves.{fmt}").unlink(missing_ok=True)
-    title, blocks = sweep_document(root, frame, "report.md", figure)
-    io.write_text(root / "summary.md", to_markdown(title, blocks, root))
-    title, blocks = sweep_document(root, frame, "report.html", figure)
-    io.write_text(root / "report.html", to_html(title, blocks))
+            curves_stem.with_name(f"{curves_stem.name}.{fmt}").unlink(missing_ok=True)
+    markdown, page = RunFolder.REPORTS
+    title, blocks = sweep_document(root, frame, markdown, figure)
+    io.write_text(sweep.file(sweep.SUMMARY_MD), to_markdown(title, blocks, root))
+    title, blocks = sweep_document(root, frame, page, figure)
+    io.write_text(sweep.file(sweep.REPORT), to_html(title, blocks))
     log.info("sweep summary of %d jobs in %s", len(frame), root)
     return frame

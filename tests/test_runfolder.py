@@ -1,0 +1,108 @@
+"""The run folder: the one place that names a run's files and the schema of metrics.json."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from advrun.errors import AdvrunError
+from advrun.runfolder import FAILED, INCOMPLETE, OK, Metrics, RunFolder, RunResult, SweepFolder
+
+
+def _metrics(**extra) -> Metrics:
+    return Metrics(dataset="digits", n_train=10, n_test=5, n_eval=5, clean_accuracy=0.8, test_accuracy=0.7,
+                   final_train_loss=0.3, seed=3, **extra)
+
+
+def _result(**extra) -> RunResult:
+    curve = pd.DataFrame({"attack": ["pgd", "pgd"], "eps": [0.0, 0.1], "robust_accuracy": [0.8, 0.4],
+                          "time_s": [0.1, 0.2]})
+    return RunResult(
+        metrics=_metrics(attack="pgd", norm="linf", eps=0.1, robust_accuracy=0.4, success_rate=0.5, **extra),
+        history=pd.DataFrame({"epoch": [1, 2], "loss": [0.5, 0.25]}), curve=curve,
+        model_info={"in_shape": [4], "num_classes": 2}, weights={"w": torch.ones(2, 4)},
+        audit=[{"name": "monotone", "status": "pass", "reason": "r", "advice": ""}],
+        figures={"robustness_curve": {"png": b"\x89PNG fake", "svg": b"<svg/>"}},
+    )
+
+
+def test_metrics_without_an_attack_leave_the_attack_fields_out():
+    record = _metrics().to_json()
+    assert record["attack"] is None
+    assert not {"norm", "eps", "robust_accuracy", "success_rate", "curve", "certified_accuracy", "audit"} & set(record)
+    assert record["denominators"]["robust_accuracy"].endswith("/ n_eval")
+    assert Metrics.from_json(record) == _metrics()
+    assert _metrics().headline() == 0.8
+
+
+def test_metrics_round_trip_through_json_and_ignore_unknown_keys():
+    metrics = _metrics(attack="pgd", norm="linf", eps=0.1, robust_accuracy=0.4, success_rate=0.5,
+                       certified_accuracy=0.2, audit={"warnings": 0})
+    record = json.loads(json.dumps(metrics.to_json()))
+    assert record["certified_accuracy"] == 0.2 and record["audit"] == {"warnings": 0}
+    assert Metrics.from_json({**record, "added_by_a_later_version": 1}) == metrics
+    assert metrics.headline() == 0.4
+
+
+@pytest.mark.parametrize("record, said", [
+    ([1, 2], "holds a JSON list"), ("text", "holds a JSON str"), ({"dataset": "digits"}, "n_train, n_test"),
+])
+def test_records_that_are_not_advrun_metrics_are_an_error_naming_the_file(record, said):
+    with pytest.raises(AdvrunError, match=said) as info:
+        Metrics.from_json(record, "run/metrics.json")
+    assert info.value.key == "run/metrics.json"
+
+
+def test_write_then_read_gives_the_result_back_and_metrics_json_comes_last(tmp_path, monkeypatch):
+    folder = RunFolder(tmp_path / "run")
+    order = []
+    from advrun import io
+
+    for name in ("write_json", "write_csv", "write_bytes", "save_torch"):
+        original = getattr(io, name)
+        monkeypatch.setattr(io, name, lambda path, *a, _f=original: (order.append(path.name), _f(path, *a))[1])
+    result = _result()
+    folder.write(result)
+    assert order[-1] == "metrics.json" and {"model.pt", "model.json", "curve.csv", "audit.json",
+                                              "robustness_curve.png", "robustness_curve.svg"} <= set(order)
+    back = folder.read()
+    assert back.metrics == result.metrics and back.model_info == result.model_info and back.audit == result.audit
+    pd.testing.assert_frame_equal(back.history, result.history)
+    pd.testing.assert_frame_equal(back.curve, result.curve.drop(columns="time_s"))  # timings live in metrics.json
+    assert torch.equal(torch.load(folder.weights, weights_only=True)["w"], torch.ones(2, 4))
+    assert [p.name for p in folder.figures()] == ["robustness_curve.png"]
+
+
+def test_status_follows_the_files(tmp_path):
+    folder = RunFolder(tmp_path)
+    assert folder.status() == INCOMPLETE and folder.metrics() is None
+    folder.write_error("attack.eps: must be a number >= 0", "Traceback ...")
+    assert folder.status() == FAILED and folder.error() == "attack.eps: must be a number >= 0"
+    assert folder.traceback() == "Traceback ..."
+    folder.write(_result())
+    assert folder.status() == OK
+
+
+def test_a_folder_without_metrics_is_not_read_as_a_finished_run(tmp_path):
+    with pytest.raises(AdvrunError, match="holds no finished run"):
+        RunFolder(tmp_path).read()
+    (tmp_path / "metrics.json").write_text("{not json")
+    with pytest.raises(AdvrunError, match="cannot be read as JSON") as info:
+        RunFolder(tmp_path).metrics()
+    assert info.value.key == str(tmp_path / "metrics.json")
+
+
+def test_sweep_jobs_are_found_in_job_number_order_whatever_their_names(tmp_path):
+    for name, num in (("b", 2), ("a", 10), ("c", None), ("nested/d", 1)):
+        job = RunFolder(tmp_path / name)
+        job.write_config("seed: 0\n")
+        if num is not None:
+            job.file(RunFolder.HYDRA).write_text(f"hydra:\n  job:\n    num: {num}\n")
+    (tmp_path / "not_a_job").mkdir()
+    jobs = SweepFolder(tmp_path).jobs()
+    assert [job.path.relative_to(tmp_path).as_posix() for job in jobs] == ["nested/d", "b", "a", "c"]
+    assert jobs[-1].job_number() == math.inf
