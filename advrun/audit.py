@@ -33,16 +33,21 @@ forked random state (the run's random stream is untouched). Success counts of tw
 the same samples are compared with a tolerance of ``max(2, ceil(2% of the samples compared))``
 samples (:func:`tolerance`), so that two equally strong attacks with random starts do not
 raise a warning.
+
+The kind of the run's attack decides which form each of the first five checks takes, or that it
+does not apply (:attr:`advrun.attacks.base.Attack.audit_rules`): a minimum-norm attack is read
+off its norms, an attack outside the Lp threat model has no budget to compare at.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 import torch
@@ -51,7 +56,7 @@ from rich.text import Text
 from torch import nn
 
 from advrun.attacks.apgd import APGD
-from advrun.attacks.base import Attack, Bounds, Goal, eval_mode, input_gradient
+from advrun.attacks.base import Attack, AttackResult, Bounds, Goal, eval_mode, input_gradient
 from advrun.attacks.ensemble import Ensemble
 from advrun.attacks.fgm import FGM
 from advrun.attacks.fgsm import FGSM
@@ -59,12 +64,14 @@ from advrun.attacks.norms import norm_name
 from advrun.attacks.pgd import PGD
 from advrun.attacks.square import Square
 from advrun.errors import ConfigError
-from advrun.evaluation import _attack_all, _within
+from advrun.evaluation import _attack_all
 
 log = logging.getLogger(__name__)
 
 PASS, WARN, NA = "pass", "warn", "n/a"
 STATUSES = (PASS, WARN, NA)
+_LARGE_BUDGET_ADVICE = ("an attack that may move every input anywhere must fool (almost) every sample: a failure "
+                        "means a broken attack or masked gradients; try more steps, attack=square or attack=apgd")
 
 #: Share of inputs whose loss gradient may be exactly zero before ``gradients`` warns.
 ZERO_GRADIENT_SHARE = 0.05
@@ -183,7 +190,22 @@ class Bench:
         """``(fooled within eps, eligible)`` per sample for ``attack`` at budget ``eps``."""
         result = self.run(attack.with_eps(eps))
         eligible = self.eligible(result.targets)
-        return eligible & result.success & _within(result.norms, eps), eligible
+        return eligible & result.success & attack.within_budget(result.norms, eps), eligible
+
+
+def by_kind(check: Callable[["Audit"], Check]) -> Callable[["Audit"], Check]:
+    """Run ``check`` in the form the kind of the run's attack asks for (``Attack.audit_rules``):
+    the standard form (the method itself), the method ``_<check>_<form>``, or ``n/a`` with the reason."""
+
+    @functools.wraps(check)
+    def in_form(audit: "Audit") -> Check:
+        attack = audit.attack
+        rule = attack.audit_rules.get(check.__name__, "standard")
+        if rule.startswith("n/a: "):
+            return Check(check.__name__, NA, rule.removeprefix("n/a: ").format(label=attack.label))
+        return check(audit) if rule == "standard" else getattr(audit, f"_{check.__name__}_{rule}")()
+
+    return in_form
 
 
 class Audit:
@@ -195,7 +217,7 @@ class Audit:
         self.rows = curve[curve["attack"] == attack.name].sort_values("eps").reset_index(drop=True)
         self._headline: tuple[torch.Tensor, torch.Tensor] | None = None
         self._fooled_by: torch.Tensor | None = None
-        self._minimum_norm_result = None
+        self._run: tuple[Attack, AttackResult] | None = None
 
     # --- the run's attack on the bench ---------------------------------------------------
 
@@ -204,26 +226,25 @@ class Audit:
         fixed = isinstance(target, int) and not isinstance(target, bool)
         return self.bench.correct & (self.bench.y != target) if fixed else self.bench.correct
 
-    def _minimum_norm(self, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Success within ``eps`` of the run's minimum-norm attack: from the run's per-sample
-        norms where given (untargeted), else from one run on the bench."""
-        n = len(self.bench.y)
-        if self.samples is not None and self.attack.target is None and len(self.samples) >= n:
+    def _success(self, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(fooled within eps, eligible)`` of the run's attack on the bench. An attack whose one
+        run serves every budget (``with_eps`` returns it as is: a minimum-norm attack) is read off
+        the evaluation's per-sample norms where given (untargeted), else off one run on the bench."""
+        attack, n = self.attack.with_eps(eps), len(self.bench.y)
+        if attack is self.attack and self.samples is not None and attack.target is None and len(self.samples) >= n:
             norms = torch.as_tensor(self.samples["norm"].to_numpy()[:n].copy(), device=self.bench.x.device)
             eligible = self.bench.correct
-            return eligible & torch.isfinite(norms) & _within(norms, eps), eligible
-        if self._minimum_norm_result is None:
-            self._minimum_norm_result = self.bench.run(self.attack)
-        result = self._minimum_norm_result
+            return eligible & torch.isfinite(norms) & attack.within_budget(norms, eps), eligible
+        if self._run is None or self._run[0] is not attack:
+            self._run = attack, self.bench.run(attack)
+        result = self._run[1]
         eligible = self.bench.eligible(result.targets)
-        return eligible & result.success & _within(result.norms, eps), eligible
+        return eligible & result.success & attack.within_budget(result.norms, eps), eligible
 
     def headline(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(fooled, eligible)`` of the run's attack at its headline budget on the bench."""
         if self._headline is None:
-            if self.attack.minimum_norm:
-                self._headline = self._minimum_norm(self.attack.eps)
-            elif isinstance(self.attack, Ensemble):
+            if isinstance(self.attack, Ensemble):
                 with self.bench.seeded(), eval_mode(self.bench.model):
                     self._fooled_by = torch.cat([
                         self.attack.fooled_by(self.bench.model, x, y, bounds=self.bench.bounds)
@@ -232,14 +253,12 @@ class Audit:
                 eligible = self._eligible_without_targets()
                 self._headline = eligible & (self._fooled_by >= 0), eligible
             else:
-                self._headline = self.bench.success(self.attack, self.attack.eps)
+                self._headline = self._success(self.attack.eps)
         return self._headline
 
     def _applies(self, name: str, single_step_ok: bool = True) -> Check | None:
         """An ``n/a`` check when the comparisons at the headline budget make no sense, else None."""
         a = self.attack
-        if not a.lp_bounded:
-            return Check(name, NA, f"{a.label} is not an Lp attack (no budget to compare at)")
         if a.eps == 0:
             return Check(name, NA, "the headline budget is 0")
         if not single_step_ok and is_single_step(a):
@@ -270,6 +289,7 @@ class Audit:
 
     # --- the checks ----------------------------------------------------------------------
 
+    @by_kind
     def single_step(self) -> Check:
         name = "single_step"
         skip = self._applies(name, single_step_ok=False)
@@ -282,14 +302,9 @@ class Audit:
                    "(gradient masking); check attack.step_size / steps, or try attack=apgd",
         )
 
+    @by_kind
     def monotone(self) -> Check:
-        name, a = "monotone", self.attack
-        if not a.lp_bounded:
-            return Check(name, NA, f"{a.label} is not an Lp attack: one row, no budgets")
-        if a.minimum_norm:
-            return Check(name, NA, f"{a.label} is minimum-norm: its curve is read off one run's norms, "
-                                   "non-decreasing by construction")
-        rows = self.rows
+        name, rows = "monotone", self.rows
         if len(rows) < 2:
             return Check(name, NA, "the curve has a single budget")
         best, drops = 0, []  # best: the row with the most successes at a smaller budget
@@ -310,38 +325,41 @@ class Audit:
         return Check(name, PASS, f"success rate non-decreasing over {len(rows)} budgets "
                                  f"({100 * rows['success_rate'].min():.1f}% to {100 * rows['success_rate'].max():.1f}%)")
 
+    @by_kind
     def large_budget(self) -> Check:
-        name, a, bench = "large_budget", self.attack, self.bench
-        if not a.lp_bounded:
-            return Check(name, NA, f"{a.label} is not an Lp attack")
-        advice = ("an attack that may move every input anywhere must fool (almost) every sample: a failure "
-                  "means a broken attack or masked gradients; try more steps, attack=square or attack=apgd")
-        if a.minimum_norm:
-            fooled, eligible = self._minimum_norm(math.inf)
-            what = f"unbounded {a.label}"
-        else:
-            chance = 1.0 / bench.num_classes
-            top = self.rows.iloc[-1] if len(self.rows) else None
-            if a.target is None and top is not None and top["robust_accuracy"] <= chance:
-                return Check(name, PASS, f"robust accuracy {100 * top['robust_accuracy']:.1f}% at the curve's largest "
-                                         f"eps {top['eps']:g} is at most chance level {100 * chance:.1f}%")
-            radius = whole_box_radius(a.norm, bench.bounds, bench.x[0].numel())
-            big = PGD(eps=radius, norm=a.norm, target=a.target) if is_single_step(a) else a
-            fooled, eligible = bench.success(big, radius)
-            what = f"{big.label} at eps {radius:g} (the whole box)"
+        """The attack at a budget that reaches the whole input box, unless the curve already
+        reaches chance level."""
+        a, bench = self.attack, self.bench
+        chance = 1.0 / bench.num_classes
+        top = self.rows.iloc[-1] if len(self.rows) else None
+        if a.target is None and top is not None and top["robust_accuracy"] <= chance:
+            return Check("large_budget", PASS, f"robust accuracy {100 * top['robust_accuracy']:.1f}% at the "
+                                               f"curve's largest eps {top['eps']:g} is at most chance level "
+                                               f"{100 * chance:.1f}%")
+        radius = whole_box_radius(a.norm, bench.bounds, bench.x[0].numel())
+        big = PGD(eps=radius, norm=a.norm, target=a.target) if is_single_step(a) else a
+        fooled, eligible = bench.success(big, radius)
+        return self._large_budget_verdict(fooled, eligible, f"{big.label} at eps {radius:g} (the whole box)")
+
+    def _large_budget_unbounded(self) -> Check:
+        """``large_budget`` of an attack whose one run serves every budget: the attack without a limit."""
+        fooled, eligible = self._success(math.inf)
+        return self._large_budget_verdict(fooled, eligible, f"unbounded {self.attack.label}")
+
+    def _large_budget_verdict(self, fooled: torch.Tensor, eligible: torch.Tensor, what: str) -> Check:
         n, ours = int(eligible.sum()), int(fooled.sum())
         measured = f"{what} fools {ours} of {n} samples; tolerance {tolerance(n)}"
         if ours < n - tolerance(n):
-            return Check(name, WARN, f"the attack does not reach 100% success without a budget limit: {measured}", advice)
-        return Check(name, PASS, measured)
+            return Check("large_budget", WARN, f"the attack does not reach 100% success without a budget limit: "
+                                               f"{measured}", _LARGE_BUDGET_ADVICE)
+        return Check("large_budget", PASS, measured)
 
+    @by_kind
     def more_iterations(self) -> Check:
         name = "more_iterations"
         skip = self._applies(name, single_step_ok=False)
         if skip:
             return skip
-        if self.attack.minimum_norm:
-            return Check(name, NA, f"{self.attack.label} is minimum-norm: compare its norms with more steps by hand")
         stronger = stronger_attack(self.attack)
         if stronger is None:
             return Check(name, NA, f"no iteration count is known for {self.attack.label}")
@@ -358,6 +376,7 @@ class Audit:
                          "and keep the best iterate (attack.keep_best=true)")
         return Check(name, PASS, measured)
 
+    @by_kind
     def black_box(self) -> Check:
         name, a = "black_box", self.attack
         skip = self._applies(name)

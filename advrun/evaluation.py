@@ -9,10 +9,10 @@ Three numbers, three denominators:
 
 For untargeted attacks ``robust_accuracy = clean_accuracy * (1 - success_rate)`` exactly.
 
-Bounded attacks run once per budget. A minimum-norm attack runs once: at budget eps a
-sample counts as fooled when the attack succeeded with a perturbation of norm <= eps.
-Attacks outside the Lp threat model (rotations, patches) run once and give one row with
-``eps`` NaN.
+The kind of the attack (:mod:`advrun.attacks.base`) says how a curve is measured: bounded
+attacks run once per budget; a minimum-norm attack runs once, and at budget eps a sample
+counts as fooled when the attack succeeded with a perturbation of norm <= eps; attacks
+outside the Lp threat model (rotations, patches) run once and give one row with ``eps`` NaN.
 """
 
 from __future__ import annotations
@@ -26,16 +26,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from advrun.attacks.base import Attack, AttackResult, Bounds
+from advrun.attacks.base import NORM_QUANTILES, Attack, AttackResult, Bounds
 from advrun.attacks.norms import norm_name
 from advrun.console import progress_bar
 from advrun.training import predict
 
-QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 CURVE_COLUMNS = [
     "attack", "norm", "target", "eps", "n_samples", "n_correct", "n_eligible", "n_success",
-    "clean_accuracy", "robust_accuracy", "success_rate", "mean_norm", "median_norm", "time_s",
-    *[f"norm_q{int(100 * q)}" for q in QUANTILES],
+    "clean_accuracy", "robust_accuracy", "success_rate", "mean_norm", "median_norm", "time_s", *NORM_QUANTILES,
 ]
 
 
@@ -46,10 +44,6 @@ class Evaluation:
 
     curve: pd.DataFrame
     samples: pd.DataFrame | None = None
-
-
-def _within(norms: torch.Tensor, eps: float) -> torch.Tensor:
-    return norms <= eps * (1 + 1e-5) + 1e-7
 
 
 def _attack_all(attack: Attack, model, x, y, bounds, batch_size, advance) -> AttackResult:
@@ -68,7 +62,7 @@ def _attack_all(attack: Attack, model, x, y, bounds, batch_size, advance) -> Att
 
 
 def _row(attack: Attack, eps: float, y, clean_correct, result: AttackResult, seconds: float) -> dict:
-    within = _within(result.norms, eps) if attack.lp_bounded else torch.ones_like(result.success)
+    within = attack.within_budget(result.norms, eps)
     fooled = clean_correct & (result.predictions != y) & within
     eligible = clean_correct if result.targets is None else clean_correct & (result.targets != y)
     success = eligible & result.success & within
@@ -90,12 +84,16 @@ def _row(attack: Attack, eps: float, y, clean_correct, result: AttackResult, sec
         "median_norm": norms.quantile(0.5).item() if n_success else math.nan,
         "time_s": seconds,
     }
-    if attack.minimum_norm:
-        unbounded = eligible & result.success
-        all_norms = result.norms[unbounded].double()
-        for q in QUANTILES:
-            row[f"norm_q{int(100 * q)}"] = all_norms.quantile(q).item() if len(all_norms) else math.nan
-    return row
+    return row | attack.curve_fields(result, eligible)
+
+
+def _samples(attack: Attack, y, clean_correct, result: AttackResult) -> pd.DataFrame | None:
+    """The per-sample table the kind of attack keeps (``norms.csv``), or None."""
+    columns = attack.sample_columns(result)
+    if not columns:
+        return None
+    columns = {"label": y, "clean_correct": clean_correct, **columns}
+    return pd.DataFrame({name: values.cpu().numpy() for name, values in columns.items()})
 
 
 def robustness_curve(
@@ -115,34 +113,15 @@ def robustness_curve(
     add the quantiles ``norm_q*`` of all their successful minimal norms.
     """
     clean_correct = predict(model, x, batch_size).eq(y)
-    batches = math.ceil(len(x) / batch_size)
-    runs = len(epsilons) if attack.lp_bounded and not attack.minimum_norm else 1
+    runs = attack.curve_runs(epsilons)
     rows = []
     samples = None
     with progress_bar() as bar:
-        task = bar.add_task(f"attack {attack.label}", total=runs * batches)
-
-        def advance() -> None:
-            bar.advance(task)
-
-        if not attack.lp_bounded:
+        task = bar.add_task(f"attack {attack.label}", total=len(runs) * math.ceil(len(x) / batch_size))
+        for run, budgets in runs:
             start = time.perf_counter()
-            result = _attack_all(attack, model, x, y, bounds, batch_size, advance)
-            rows = [_row(attack, math.nan, y, clean_correct, result, time.perf_counter() - start)]
-        elif attack.minimum_norm:
-            start = time.perf_counter()
-            result = _attack_all(attack, model, x, y, bounds, batch_size, advance)
+            result = _attack_all(run, model, x, y, bounds, batch_size, lambda: bar.advance(task))
             seconds = time.perf_counter() - start
-            rows = [_row(attack, eps, y, clean_correct, result, seconds) for eps in epsilons]
-            samples = pd.DataFrame({
-                "label": y.cpu().numpy(),
-                "clean_correct": clean_correct.cpu().numpy(),
-                "success": result.success.cpu().numpy(),
-                "norm": torch.where(result.success, result.norms, torch.inf).cpu().numpy(),
-            })
-        else:
-            for eps in epsilons:
-                start = time.perf_counter()
-                result = _attack_all(attack.with_eps(float(eps)), model, x, y, bounds, batch_size, advance)
-                rows.append(_row(attack, eps, y, clean_correct, result, time.perf_counter() - start))
+            rows += [_row(attack, eps, y, clean_correct, result, seconds) for eps in budgets]
+            samples = _samples(attack, y, clean_correct, result)
     return Evaluation(pd.DataFrame(rows, columns=CURVE_COLUMNS), samples)

@@ -167,7 +167,7 @@ def certification_norm(cfg: DictConfig, data: Dataset, model: nn.Module, attack:
     mode = cfg.eval.get("certify", "auto")
     if mode not in ("auto", True, False):
         raise ConfigError("eval.certify", f"must be auto, true or false, got {mode!r}")
-    if mode is False or attack is None or not attack.lp_bounded:
+    if mode is False or attack is None or attack.certificate_norm is None:
         if mode is True:
             raise ConfigError("eval.certify", "certification needs an Lp attack (its norm is the budget's norm)")
         return None
@@ -443,14 +443,12 @@ def run_metrics(plan: RunPlan, history: pd.DataFrame, clean: float, n_eval: int,
     )
     if evaluated is not None:
         curve = evaluated.curve
-        # an attack outside the Lp threat model has one row (eps NaN) and no budget
-        rows = curve[curve["attack"] == attack.name]
-        headline = rows.loc[rows["eps"] == attack.eps].iloc[0] if attack.lp_bounded else rows.iloc[0]
+        headline = attack.headline_row(curve[curve["attack"] == attack.name])
         certified = curve[(curve["attack"] == "certified") & (curve["eps"] == attack.eps)]
         if len(certified):
             metrics.certified_accuracy = float(certified["robust_accuracy"].iloc[0])
         metrics.attack, metrics.norm = attack.name, norm_name(attack.norm)
-        metrics.eps = attack.eps if attack.lp_bounded else None
+        metrics.eps = attack.headline_eps
         metrics.robust_accuracy = float(headline["robust_accuracy"])
         metrics.success_rate = float(headline["success_rate"])
         metrics.curve = json.loads(curve.drop(columns="time_s").to_json(orient="records"))

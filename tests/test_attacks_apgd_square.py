@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from advrun.attacks import APGD, FGSM, PGD, Attack, Ensemble, Square, lp_norm
+from advrun.attacks import APGD, FGSM, PGD, Ensemble, MinimumNormAttack, Square, lp_norm
 from advrun.attacks.apgd import checkpoints, dlr_loss, dlr_targeted_loss
 from advrun.attacks.base import Goal
 from advrun.attacks.square import bump, l2_window, square_fraction
@@ -297,8 +297,8 @@ def test_ensemble_passes_its_budget_and_checks_its_members():
     assert info.value.field == "attacks.0.target"
 
     @dataclasses.dataclass
-    class Minimal(Attack):
-        minimum_norm = True
+    class Minimal(MinimumNormAttack):
+        pass
 
     with pytest.raises(InvalidValue, match="not a bounded Lp attack"):
         Ensemble(eps=0.1, attacks=[Minimal(eps=None)])

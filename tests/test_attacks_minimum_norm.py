@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advrun.attacks import CW, LBFGS, PGD, DeepFool, LinearExact
+from advrun.attacks import CW, LBFGS, PGD, DeepFool, LinearExact, MinimumNormAttack
 from advrun.errors import InvalidValue
 
 DUAL = {math.inf: 1, 2.0: 2}
@@ -413,5 +413,5 @@ def test_configs_build_the_attacks_with_their_defaults(make_cfg, option, cls):
 
     cfg = make_cfg(f"attack={option}")
     attack = instantiate(cfg.attack, eps=None)
-    assert type(attack) is cls and attack.minimum_norm
+    assert type(attack) is cls and isinstance(attack, MinimumNormAttack)
     assert attack == cls(eps=None)  # the YAML repeats the class defaults

@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from advrun.attacks import Patch, Spatial
+from advrun.attacks import Patch, Spatial, ThreatModelAttack
 from advrun.attacks.base import Goal
 from advrun.attacks.patch import paste
 from advrun.attacks.spatial import rotate_translate
@@ -261,7 +261,7 @@ def test_patch_needs_images_and_an_existing_target_class():
 @pytest.mark.parametrize("option, cls", [("spatial", Spatial), ("patch", Patch)])
 def test_configs_build_the_paper_defaults(make_cfg, option, cls):
     attack = instantiate(make_cfg(f"attack={option}").attack, eps=1.0)
-    assert type(attack) is cls and not attack.lp_bounded
+    assert type(attack) is cls and isinstance(attack, ThreatModelAttack)
     if option == "spatial":
         assert (attack.max_rotation, attack.rotations, attack.translations) == (30.0, 31, 5)
         assert attack.max_translation == pytest.approx(3 / 28)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from advrun.attacks import Attack
+from advrun.attacks import BoundedAttack, MinimumNormAttack, ThreatModelAttack
 from advrun.evaluation import robustness_curve
 
 
@@ -26,12 +26,11 @@ def margin_data():
 
 
 @dataclass
-class CrossToOne(Attack):
+class CrossToOne(MinimumNormAttack):
     """Moves every sample to just past the boundary, (0.49, 0.51): Linf norm |m| + 0.01;
     samples with margin m = 0.3 (x0 = 0.8) are left unchanged (the attack 'fails' on them)."""
 
     name = "cross"
-    minimum_norm = True
 
     def perturb(self, model, x, goal, bounds):
         x_adv = torch.tensor([0.49, 0.51]).expand_as(x).clone()
@@ -61,7 +60,7 @@ def test_minimum_norm_curve_is_read_off_the_norms():
 
 
 @dataclass
-class ShiftBy(Attack):
+class ShiftBy(BoundedAttack):
     """A bounded attack that moves the first coordinate down by eps (second up by eps)."""
 
     name = "shift"
@@ -79,11 +78,10 @@ def test_bounded_curve_runs_once_per_budget():
 
 
 @dataclass
-class ToTarget(Attack):
+class ToTarget(MinimumNormAttack):
     """A targeted attack that moves each sample onto its target class outright."""
 
     name = "to_target"
-    minimum_norm = True
 
     def perturb(self, model, x, goal, bounds):
         return torch.nn.functional.one_hot(goal.labels, 3).float() * 0.9 + 0.05
@@ -100,11 +98,10 @@ def test_targeted_success_excludes_samples_already_of_the_target_class():
 
 
 @dataclass
-class Swap(Attack):
+class Swap(ThreatModelAttack):
     """Outside the Lp threat model: swaps the coordinates, whatever the budget."""
 
     name = "swap"
-    lp_bounded = False
 
     def perturb(self, model, x, goal, bounds):
         return x.flip(1)

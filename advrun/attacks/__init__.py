@@ -12,7 +12,9 @@ first use, so ``import advrun.attacks`` stays cheap).
 
 from importlib import import_module
 
-from advrun.attacks.base import Attack, AttackResult, Goal, check_adversarial, eval_mode
+from advrun.attacks.base import (
+    Attack, AttackResult, BoundedAttack, Goal, MinimumNormAttack, ThreatModelAttack, check_adversarial, eval_mode,
+)
 from advrun.attacks.fgsm import FGSM
 from advrun.attacks.norms import lp_norm, parse_norm, project
 from advrun.attacks.pgd import PGD
@@ -41,6 +43,6 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "Attack", "AttackResult", "Goal", "FGSM", "PGD", "check_adversarial", "eval_mode", "lp_norm", "parse_norm",
-    "project", *_LAZY,
+    "Attack", "AttackResult", "BoundedAttack", "Goal", "MinimumNormAttack", "ThreatModelAttack", "FGSM", "PGD",
+    "check_adversarial", "eval_mode", "lp_norm", "parse_norm", "project", *_LAZY,
 ]

@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from advrun.attacks.base import Attack, Bounds, Goal, WorstCase, largest_other_logit
+from advrun.attacks.base import BoundedAttack, Bounds, Goal, WorstCase, largest_other_logit
 from advrun.attacks.norms import norm_name, project, random_in_ball, steepest_direction
 from advrun.errors import InvalidValue, require_int
 
@@ -53,7 +53,7 @@ def dlr_targeted_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch
 
 
 @dataclass
-class APGD(Attack):
+class APGD(BoundedAttack):
     """APGD in the Linf or L2 norm (Algorithm 1), with ``n_iter`` gradient steps per run.
 
     Each run starts at a uniform point of the ball with step ``eta = 2 eps``; the step is

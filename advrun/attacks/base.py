@@ -4,12 +4,17 @@ Every attack runs on a whole batch with the model in eval mode (restored afterwa
 takes gradients with respect to the input only (the parameters' ``.grad`` is never
 touched), and its output is checked: finite, inside the data bounds, within the budget.
 
-Two kinds of attack:
+Every attack is of one of three kinds, a class it derives from; the kind says how the
+evaluation, the audit, the figures and the certification read the attack, so that a new
+kind of attack touches this module only:
 
-* bounded attacks (FGSM, PGD, ...) search the ball of radius ``eps`` in ``norm``; the
-  evaluation runs them once per budget of the curve (:meth:`Attack.with_eps`);
-* minimum-norm attacks (``minimum_norm = True``: DeepFool, C&W, ...) look for the smallest
-  perturbation that reaches the goal and ignore ``eps``; one run gives the whole curve.
+* :class:`BoundedAttack` (FGSM, PGD, ...) searches the ball of radius ``eps`` in ``norm``;
+  the evaluation runs it once per budget of the curve (:meth:`Attack.with_eps`);
+* :class:`MinimumNormAttack` (DeepFool, C&W, ...) looks for the smallest perturbation that
+  reaches the goal and ignores ``eps``; one run gives the whole curve, read off its norms;
+* :class:`ThreatModelAttack` (rotations, patches) is not bounded by an Lp ball: the norm of
+  its change is reported but not checked against ``eps``, and the evaluation runs it once
+  (one row, ``eps`` NaN).
 
 Attacks attack the labels they are given (never the model's predictions). With
 ``target`` set they are targeted: a fixed class, ``"random"`` (a random other class per
@@ -22,7 +27,7 @@ import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +36,13 @@ from torch import nn
 from advrun.attacks.norms import lp_norm, norm_field, norm_name
 from advrun.errors import AttackCheckError, InvalidValue
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 Bounds = tuple[float, float]
 TARGET_MODES = ("random", "least_likely")
+#: Columns of the curve a minimum-norm attack adds: quantiles of its minimal norms.
+NORM_QUANTILES = {f"norm_q{int(100 * q)}": q for q in (0.1, 0.25, 0.5, 0.75, 0.9)}
 
 
 @dataclass
@@ -123,35 +133,47 @@ def choose_targets(mode: int | str, logits: torch.Tensor, y: torch.Tensor) -> to
 
 @dataclass
 class Attack:
-    """Base class. Subclasses set ``name`` and implement :meth:`perturb` on a batch.
+    """Base class. Subclasses derive from one of its kinds (:class:`BoundedAttack`,
+    :class:`MinimumNormAttack`, :class:`ThreatModelAttack`), set ``name`` and implement
+    :meth:`perturb` on a batch.
 
     ``eps`` is the perturbation budget in the attack's ``norm`` (``"inf"``, ``2`` or ``1``);
     ``target`` makes the attack targeted (see the module docstring).
     """
 
     name: ClassVar[str] = "attack"
-    #: True for attacks that return minimal perturbations and ignore ``eps``.
-    minimum_norm: ClassVar[bool] = False
     #: Norms the attack supports.
     norms: ClassVar[tuple[float, ...]] = (math.inf, 2.0, 1.0)
     #: Whether the attack can be targeted.
     targetable: ClassVar[bool] = True
-    #: False for threat models that are not an Lp ball (rotations, patches): the norm of the
-    #: perturbation is reported but not checked against ``eps``, and the evaluation runs the
-    #: attack once (one row, ``eps`` NaN) instead of once per budget.
-    lp_bounded: ClassVar[bool] = True
+    #: How the evaluation audit (:mod:`advrun.audit`) checks this kind of attack: per check,
+    #: the form it takes (``"standard"`` where absent), or ``"n/a: <reason>"`` where it cannot
+    #: apply (``{label}`` in the reason stands for the attack's label).
+    audit_rules: ClassVar[Mapping[str, str]] = {}
+    #: Whether ``eps`` may be null or infinite (an attack that ignores it); null becomes inf.
+    budget_optional: ClassVar[bool] = False
 
     eps: float = 0.1
     norm: float | str = "inf"
     target: int | str | None = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        flags = sorted({"minimum_norm", "lp_bounded"} & set(vars(cls)))
+        if flags:
+            raise TypeError(f"{cls.__name__}: the class flag {flags[0]!r} is gone; derive from the kind of attack "
+                            "instead (BoundedAttack, MinimumNormAttack or ThreatModelAttack)")
+
     def __post_init__(self) -> None:
+        if not isinstance(self, KINDS):
+            raise TypeError(f"{type(self).__name__} must derive from a kind of attack: "
+                            f"{', '.join(kind.__name__ for kind in KINDS)}")
         self.norm = norm_field(self.norm, self.norms, self.name)
-        if self.eps is None and self.minimum_norm:
+        if self.eps is None and self.budget_optional:
             self.eps = math.inf
         if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or math.isnan(self.eps) or self.eps < 0:
             raise InvalidValue("eps", f"must be a number >= 0, got {self.eps!r}")
-        if not self.minimum_norm and not math.isfinite(self.eps):
+        if not self.budget_optional and not math.isfinite(self.eps):
             raise InvalidValue("eps", f"must be finite for a bounded attack, got {self.eps!r}")
         self.eps = float(self.eps)
         if self.target is not None:
@@ -169,7 +191,54 @@ class Attack:
 
     def with_eps(self, eps: float) -> "Attack":
         """A copy of this attack with another budget (a minimum-norm attack is returned as is)."""
-        return self if self.minimum_norm else dataclasses.replace(self, eps=eps)
+        return dataclasses.replace(self, eps=eps)
+
+    # --- what the kind of attack says; the kinds below implement or override these ----------
+
+    @property
+    def contract_budget(self) -> float:
+        """The largest perturbation norm :meth:`run` accepts (inf: not checked)."""
+        raise NotImplementedError
+
+    def curve_runs(self, epsilons: Sequence[float]) -> list[tuple["Attack", list[float]]]:
+        """How a curve over ``epsilons`` is measured: the attacks to run, each with the budgets
+        whose rows are read off its result."""
+        raise NotImplementedError
+
+    def within_budget(self, norms: torch.Tensor, eps: float) -> torch.Tensor:
+        """Per sample, whether a perturbation of norm ``norms`` counts at budget ``eps``."""
+        return norms <= eps * (1 + 1e-5) + 1e-7
+
+    def curve_fields(self, result: AttackResult, eligible: torch.Tensor) -> dict[str, float]:
+        """Columns of a curve row beyond the counts (``eligible``: the samples the success rate counts)."""
+        return {}
+
+    def sample_columns(self, result: AttackResult) -> dict[str, torch.Tensor]:
+        """Per-sample columns the evaluation keeps (``norms.csv``), none for most attacks."""
+        return {}
+
+    @property
+    def headline_eps(self) -> float | None:
+        """The budget the run's headline numbers are at (None: the attack has no budget)."""
+        return self.eps
+
+    def headline_row(self, rows: pd.DataFrame) -> pd.Series:
+        """The row of the curve ``rows`` (a pandas table of this attack's rows) at the headline."""
+        return rows.loc[rows["eps"] == self.headline_eps].iloc[0]
+
+    def describe_budget(self) -> str:
+        """The budget as a figure's title states it, e.g. ``eps 0.1``."""
+        raise NotImplementedError
+
+    def illustration_eps(self, default: float | None) -> float | None:
+        """The budget at which a figure draws an optimal perturbation (``default``: the data set's
+        budget for the attack's norm); None where no Lp budget applies."""
+        raise NotImplementedError
+
+    @property
+    def certificate_norm(self) -> float | None:
+        """The norm of the ball a certificate of robustness bounds this attack in (None: no ball)."""
+        return self.norm
 
     def check_classes(self, num_classes: int) -> None:
         """Raise :class:`InvalidValue` if the attack cannot work with ``num_classes`` classes."""
@@ -210,7 +279,7 @@ class Attack:
         """:meth:`perturb` plus the contract: the output checked (finite, in bounds, within the
         budget), a minimum-norm attack's failures reverted to ``x``; returns the adversarial
         inputs and the model's logits at them. The model must be in eval mode."""
-        budget = math.inf if self.minimum_norm or not self.lp_bounded else self.eps
+        budget = self.contract_budget
         if budget == 0 or len(x) == 0:
             x_adv, logits = x.clone(), None
         else:
@@ -222,15 +291,6 @@ class Attack:
         if logits is None or not torch.isfinite(logits).all():
             with torch.no_grad():
                 logits = model(x_adv)
-        if self.minimum_norm:
-            # Where a minimum-norm attack failed, it returns x itself (never another point).
-            # Checked on the batch the evaluation classifies: a point found in a smaller
-            # batch can round to the other side of the boundary in this one.
-            failed = ~goal.reached(logits)
-            if failed.any():
-                x_adv = torch.where(failed.view((-1,) + (1,) * (x.dim() - 1)), x, x_adv)
-                with torch.no_grad():
-                    logits = torch.where(failed[:, None], model(x), logits)
         return x_adv, logits.detach()
 
     def __call__(
@@ -249,6 +309,127 @@ class Attack:
             predictions=logits.argmax(dim=1),
             targets=goal.labels if goal.targeted else None,
         )
+
+
+@dataclass
+class BoundedAttack(Attack):
+    """An attack that searches the ball of radius ``eps`` in ``norm`` (FGSM, PGD, ...): run once
+    per budget of the curve, its output checked to lie within ``eps``."""
+
+    @property
+    def contract_budget(self) -> float:
+        return self.eps
+
+    def curve_runs(self, epsilons: Sequence[float]) -> list[tuple[Attack, list[float]]]:
+        return [(self.with_eps(float(eps)), [eps]) for eps in epsilons]
+
+    def describe_budget(self) -> str:
+        return f"eps {self.eps:g}"
+
+    def illustration_eps(self, default: float | None) -> float | None:
+        return self.eps or None
+
+
+@dataclass
+class MinimumNormAttack(Attack):
+    """An attack that looks for the smallest perturbation reaching the goal and ignores ``eps``
+    (DeepFool, C&W, ...): one run gives the whole curve, a sample counting as fooled at budget
+    eps when its minimal norm is at most eps; ``eps`` (null: inf) is the headline budget only.
+    Where it fails it returns ``x`` itself (:meth:`run`)."""
+
+    budget_optional = True
+    audit_rules = {
+        "monotone": "n/a: {label} is minimum-norm: its curve is read off one run's norms, non-decreasing by "
+                    "construction",
+        "large_budget": "unbounded",
+        "more_iterations": "n/a: {label} is minimum-norm: compare its norms with more steps by hand",
+    }
+
+    @property
+    def contract_budget(self) -> float:
+        return math.inf
+
+    def with_eps(self, eps: float) -> "MinimumNormAttack":
+        return self
+
+    def curve_runs(self, epsilons: Sequence[float]) -> list[tuple[Attack, list[float]]]:
+        return [(self, list(epsilons))]
+
+    def curve_fields(self, result: AttackResult, eligible: torch.Tensor) -> dict[str, float]:
+        """The quantiles :data:`NORM_QUANTILES` of the minimal norms of the eligible samples it fooled."""
+        norms = result.norms[eligible & result.success].double()
+        return {column: norms.quantile(q).item() if len(norms) else math.nan for column, q in NORM_QUANTILES.items()}
+
+    def sample_columns(self, result: AttackResult) -> dict[str, torch.Tensor]:
+        """Success and minimal norm per sample (inf where the attack failed)."""
+        return {"success": result.success, "norm": torch.where(result.success, result.norms, torch.inf)}
+
+    def describe_budget(self) -> str:
+        return "its minimal perturbation"
+
+    def illustration_eps(self, default: float | None) -> float | None:
+        return default
+
+    def run(self, model: nn.Module, x: torch.Tensor, goal: Goal, bounds: Bounds) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`Attack.run`, with ``x`` itself (never another point) where the goal is not reached.
+        Checked on the batch the evaluation classifies: a point found in a smaller batch can round
+        to the other side of the boundary in this one."""
+        x_adv, logits = super().run(model, x, goal, bounds)
+        failed = ~goal.reached(logits)
+        if failed.any():
+            x_adv = torch.where(failed.view((-1,) + (1,) * (x.dim() - 1)), x, x_adv)
+            with torch.no_grad():
+                logits = torch.where(failed[:, None], model(x), logits).detach()
+        return x_adv, logits
+
+
+_NOT_LP = "n/a: {label} is not an Lp attack"
+
+
+@dataclass
+class ThreatModelAttack(Attack):
+    """An attack outside the Lp threat model (rotations, patches): the norm of its change is
+    reported but not bounded by ``eps``; run once, one row of the curve with ``eps`` NaN, no
+    headline budget, nothing to certify, and the audit's comparisons at a budget do not apply."""
+
+    audit_rules = {
+        "single_step": f"{_NOT_LP} (no budget to compare at)",
+        "monotone": f"{_NOT_LP}: one row, no budgets",
+        "large_budget": _NOT_LP,
+        "more_iterations": f"{_NOT_LP} (no budget to compare at)",
+        "black_box": f"{_NOT_LP} (no budget to compare at)",
+    }
+
+    @property
+    def contract_budget(self) -> float:
+        return math.inf
+
+    def curve_runs(self, epsilons: Sequence[float]) -> list[tuple[Attack, list[float]]]:
+        return [(self, [math.nan])]
+
+    def within_budget(self, norms: torch.Tensor, eps: float) -> torch.Tensor:
+        return torch.ones_like(norms, dtype=torch.bool)
+
+    @property
+    def headline_eps(self) -> None:
+        return None
+
+    def headline_row(self, rows: pd.DataFrame) -> pd.Series:
+        return rows.iloc[0]
+
+    def describe_budget(self) -> str:
+        return "its threat model"
+
+    def illustration_eps(self, default: float | None) -> None:
+        return None
+
+    @property
+    def certificate_norm(self) -> None:
+        return None
+
+
+#: The kinds of attack; every attack derives from one.
+KINDS = (BoundedAttack, MinimumNormAttack, ThreatModelAttack)
 
 
 class WorstCase:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from advrun.attacks.base import Attack, Bounds, Goal
+from advrun.attacks.base import Bounds, Goal, MinimumNormAttack
 from advrun.errors import InvalidValue, require_int, require_non_negative, require_positive
 
 
@@ -43,7 +43,7 @@ def from_tanh_space(w: torch.Tensor, bounds: Bounds) -> torch.Tensor:
 
 
 @dataclass
-class CW(Attack):
+class CW(MinimumNormAttack):
     """Carlini-Wagner L2: for each constant ``c`` minimise, with Adam over ``w``,
 
         ``||x' - x||_2^2 + c * max(-margin(x'), -kappa)``,   ``x' = lo + (hi - lo) (tanh(w) + 1) / 2``
@@ -59,7 +59,6 @@ class CW(Attack):
     """
 
     name = "cw"
-    minimum_norm = True
     norms = (2.0,)
 
     norm: float | str = 2.0

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from advrun.attacks.base import Attack, Bounds, Goal
+from advrun.attacks.base import Bounds, Goal, MinimumNormAttack
 from advrun.attacks.norms import lp_norm, steepest_direction
 from advrun.errors import require_int, require_non_negative
 
 
 @dataclass
-class DeepFool(Attack):
+class DeepFool(MinimumNormAttack):
     """Untargeted minimal perturbations in L2 or Linf by repeated linearisation.
 
     At the current point every candidate class ``k`` defines, to first order, the boundary
@@ -42,7 +42,6 @@ class DeepFool(Attack):
     """
 
     name = "deepfool"
-    minimum_norm = True
     norms = (math.inf, 2.0)
     targetable = False
 

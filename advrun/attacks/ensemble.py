@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from advrun.attacks.apgd import APGD
-from advrun.attacks.base import Attack, Bounds, Goal, WorstCase, eval_mode
+from advrun.attacks.base import Attack, BoundedAttack, Bounds, Goal, WorstCase, eval_mode
 from advrun.attacks.norms import norm_name
 from advrun.attacks.square import Square
 from advrun.errors import InvalidValue
@@ -39,7 +39,7 @@ def _as_attack(member: object) -> object:
 
 
 @dataclass
-class Ensemble(Attack):
+class Ensemble(BoundedAttack):
     """Per sample the worst case over ``attacks`` (null: :func:`standard_attacks`).
 
     The members attack the ensemble's goal at the ensemble's budget: each member's ``eps``
@@ -48,8 +48,8 @@ class Ensemble(Attack):
     be the ensemble's, and ``target`` is set on the ensemble, never on a member. Members run
     in order, each on the samples the earlier ones did not fool; a sample keeps the point of
     the first member that fooled it, else the member output with the highest loss
-    (cross-entropy, as :meth:`Goal.loss`). Members must be bounded Lp attacks (no
-    minimum-norm or non-Lp attacks). :meth:`fooled_by` says which member fooled each sample.
+    (cross-entropy, as :meth:`Goal.loss`). Members must be bounded attacks (:class:`BoundedAttack`,
+    no minimum-norm or threat-model attacks). :meth:`fooled_by` says which member fooled each sample.
     """
 
     name = "ensemble"
@@ -65,7 +65,7 @@ class Ensemble(Attack):
             member = members[i] = _as_attack(member)
             if not isinstance(member, Attack):
                 raise InvalidValue(f"attacks.{i}", f"must be an attack (a node with _target_), got {member!r}")
-            if member.minimum_norm or not member.lp_bounded:
+            if not isinstance(member, BoundedAttack):
                 raise InvalidValue(f"attacks.{i}", f"{member.label} is not a bounded Lp attack; an ensemble needs those")
             if member.norm != self.norm:
                 raise InvalidValue(

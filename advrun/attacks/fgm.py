@@ -24,13 +24,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from advrun.attacks.base import Attack, Bounds, Goal, input_gradient
+from advrun.attacks.base import BoundedAttack, Bounds, Goal, input_gradient
 from advrun.attacks.norms import project, steepest_direction
 from advrun.errors import InvalidValue
 
 
 @dataclass
-class FGM(Attack):
+class FGM(BoundedAttack):
     """One gradient step in the L2 norm (targeted: descend the loss of the target).
 
     ``normalize: true``: ``clip(x + eps * g / ||g||_2)``; ``normalize: false``:

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from advrun.attacks.base import Attack, Bounds, Goal, input_gradient
+from advrun.attacks.base import BoundedAttack, Bounds, Goal, input_gradient
 
 
 @dataclass
-class FGSM(Attack):
+class FGSM(BoundedAttack):
     """One step of size ``eps`` along the sign of the loss gradient:
     ``x_adv = clip(x + eps * sign(grad_x L(f(x), y)))``, an Linf attack (targeted: descend
     the loss of the target)."""

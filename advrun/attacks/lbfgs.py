@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advrun.attacks.base import Attack, Bounds, Goal
+from advrun.attacks.base import Bounds, Goal, MinimumNormAttack
 from advrun.attacks.cw import ConstantSearch
 from advrun.errors import require_int, require_positive
 
@@ -27,7 +27,7 @@ def goal_cross_entropy(logits: torch.Tensor, goal: Goal) -> torch.Tensor:
 
 
 @dataclass
-class LBFGS(Attack):
+class LBFGS(MinimumNormAttack):
     """Szegedy et al.'s attack, in L2. For per-sample constants ``c`` it solves
 
         ``min ||x' - x||_2^2 + c * loss(x')``   subject to ``lo <= x' <= hi``
@@ -45,7 +45,6 @@ class LBFGS(Attack):
     """
 
     name = "lbfgs"
-    minimum_norm = True
     norms = (2.0,)
 
     norm: float | str = 2.0

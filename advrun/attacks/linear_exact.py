@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from advrun.attacks.base import Attack, Bounds, Goal, eval_mode
+from advrun.attacks.base import Bounds, Goal, MinimumNormAttack, eval_mode
 from advrun.attacks.norms import lp_norm
 from advrun.errors import InvalidValue, require_positive
 
@@ -79,7 +79,7 @@ def halfspace_minimum(g: torch.Tensor, m: torch.Tensor, room_up: torch.Tensor, r
 
 
 @dataclass
-class LinearExact(Attack):
+class LinearExact(MinimumNormAttack):
     """The minimal untargeted perturbation of an affine model, in Linf or L2, in the bounds.
 
     Exact: with ``W, b`` read off the model, the returned perturbation solves
@@ -93,7 +93,6 @@ class LinearExact(Attack):
     """
 
     name = "linear_exact"
-    minimum_norm = True
     norms = (math.inf, 2.0)
     targetable = False
 

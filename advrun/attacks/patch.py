@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advrun.attacks.base import Attack, Bounds, Goal, eval_mode
+from advrun.attacks.base import Bounds, Goal, ThreatModelAttack, eval_mode
 from advrun.errors import InvalidValue, require_int, require_positive
 
 
@@ -64,7 +64,7 @@ def _require_number(field_name: str, value: object, valid, what: str) -> None:
 
 
 @dataclass
-class Patch(Attack):
+class Patch(ThreatModelAttack):
     """Targeted universal patch (``target``: a class index; default class 0).
 
     :meth:`prepare` trains the patch with Adam (learning rate ``learning_rate`` times the
@@ -76,7 +76,6 @@ class Patch(Attack):
     """
 
     name = "patch"
-    lp_bounded = False
 
     target: int | str | None = 0
     scale: float = 0.1

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from advrun.attacks.base import Attack, Bounds, Goal, WorstCase
+from advrun.attacks.base import BoundedAttack, Bounds, Goal, WorstCase
 from advrun.attacks.norms import project, random_in_ball, sparse_l1_direction, steepest_direction
 from advrun.errors import InvalidValue, require_int, require_positive
 
 
 @dataclass
-class PGD(Attack):
+class PGD(BoundedAttack):
     """PGD in the Linf, L2 or L1 norm.
 
     The step is ``step_size`` when given, else ``step_scale * eps / steps`` (2.5 eps/steps by

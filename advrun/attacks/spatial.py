@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advrun.attacks.base import Attack, Bounds, Goal
+from advrun.attacks.base import Bounds, Goal, ThreatModelAttack
 from advrun.errors import InvalidValue, require_int
 
 #: Transformed inputs evaluated at once, in input values (grid points x samples x pixels).
@@ -54,7 +54,7 @@ def _axis(limit: float, count: int) -> torch.Tensor:
 
 
 @dataclass
-class Spatial(Attack):
+class Spatial(ThreatModelAttack):
     """Grid search over rotations and translations, all samples of the batch at once.
 
     Grid points are tried from the smallest transformation (the identity, when on the grid)
@@ -65,7 +65,6 @@ class Spatial(Attack):
     """
 
     name = "spatial"
-    lp_bounded = False
 
     max_rotation: float = 30.0
     rotations: int = 31

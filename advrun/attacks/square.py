@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from advrun.attacks.base import Attack, Bounds, Goal
+from advrun.attacks.base import BoundedAttack, Bounds, Goal
 from advrun.attacks.norms import lp_norm, project
 from advrun.errors import InvalidValue, require_int
 
@@ -68,7 +68,7 @@ def l2_window(side: int) -> torch.Tensor:
 
 
 @dataclass
-class Square(Attack):
+class Square(BoundedAttack):
     """Square Attack in the Linf or L2 norm: score-based, never differentiates the model.
 
     Starting from the initialisation below, each iteration proposes a change inside one

@@ -34,20 +34,12 @@ GALLERY_SAMPLES = 8
 REGION_SAMPLES = 40
 
 
-def _budget(attack: Attack) -> str:
-    if attack.minimum_norm:
-        return "its minimal perturbation"
-    return f"eps {attack.eps:g}" if attack.lp_bounded else "its threat model"
-
-
 def _linear_budget(attack: Attack | None, data: Dataset) -> float | None:
     """The budget of the optimal-perturbation row: the attack's, or for a minimum-norm attack the
     data set's default for its norm; None without an Lp attack."""
-    if attack is None or not attack.lp_bounded:
+    if attack is None:
         return None
-    if attack.minimum_norm:
-        return data.budgets.get(norm_name(attack.norm), {}).get("eps")
-    return attack.eps or None
+    return attack.illustration_eps(data.budgets.get(norm_name(attack.norm), {}).get("eps"))
 
 
 def model_figures(model: nn.Module, attack: Attack | None, data: Dataset, x: torch.Tensor,
@@ -62,7 +54,7 @@ def model_figures(model: nn.Module, attack: Attack | None, data: Dataset, x: tor
             if attack is not None and len(x_few):
                 gallery = attack_gallery(model, attack, x_few, y_few, bounds=data.bounds)
                 drawn["adversarial_gallery"] = plot_gallery(gallery, data.class_names, bounds=data.bounds, title=(
-                    f"{title}\n{attack.label} at {_budget(attack)}: the first {len(x_few)} evaluation samples"))
+                    f"{title}\n{attack.label} at {attack.describe_budget()}: the first {len(x_few)} evaluation samples"))
             affine = affine_weights(model, x) if len(x) else None
             if affine is not None:
                 eps = _linear_budget(attack, data)
@@ -72,7 +64,8 @@ def model_figures(model: nn.Module, attack: Attack | None, data: Dataset, x: tor
         elif data.shape == (2,):
             x_few, y_few = x[:REGION_SAMPLES], y[:REGION_SAMPLES]
             x_adv = attack(model, x_few, y_few, bounds=data.bounds).x_adv if attack is not None and len(x_few) else None
-            subtitle = f"\n{attack.label} at {_budget(attack)}, {len(x_few)} evaluation points" if x_adv is not None else ""
+            subtitle = (f"\n{attack.label} at {attack.describe_budget()}, {len(x_few)} evaluation points"
+                        if x_adv is not None else "")
             drawn["decision_regions"] = plot_decision_regions(
                 model, data.x_train, data.y_train, data.class_names, bounds=data.bounds,
                 x=x_few if x_adv is not None else None, x_adv=x_adv, title=f"{title}{subtitle}")
