@@ -3,6 +3,7 @@ through the evaluation and the audit as its kind says; every attack of the menu 
 its documentation names."""
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -15,7 +16,7 @@ from advrun.attacks import Attack, BoundedAttack, Ensemble, MinimumNormAttack, T
 from advrun.attacks.base import input_gradient
 from advrun.errors import AttackCheckError
 from advrun.evaluation import robustness_curve
-from tests.conftest import groups
+from tests.conftest import REPO, groups
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -174,14 +175,23 @@ def test_the_contract_checks_the_budget_of_a_bounded_attack_only(digits_model):
     assert ShiftRight(eps=0.05)(model, x[:5], y[:5]).norms.min() > 0.05
 
 
+def documented_kinds() -> dict[type, set[str]]:
+    """Per kind, the options of the table under its heading in docs/attacks.md (``none`` left out)."""
+    headings = {"Bounded attacks": BoundedAttack, "Minimum-norm attacks": MinimumNormAttack,
+                "Other threat models": ThreatModelAttack}
+    documented: dict[type, set[str]] = {}
+    for section in (REPO / "docs" / "attacks.md").read_text().split("\n## ")[1:]:
+        heading, _, body = section.partition("\n")
+        if heading.strip() in headings:
+            options = set(re.findall(r"^\| `(\w+)`", body, flags=re.MULTILINE)) - {"none"}
+            documented[headings[heading.strip()]] = options
+    return documented
+
+
 def test_every_menu_attack_is_of_the_kind_its_documentation_names(make_cfg):
-    """The three tables of the attack options (README, "attack"): bounded, minimum-norm, other threat models."""
-    documented = {
-        BoundedAttack: {"pgd", "fgsm", "fgm", "bim", "mifgsm", "apgd", "square", "ensemble"},
-        MinimumNormAttack: {"deepfool", "cw", "lbfgs", "linear_exact"},
-        ThreatModelAttack: {"spatial", "patch"},
-    }
-    assert set(groups()["attack"]) == set().union(*documented.values()) | {"none"}
+    documented = documented_kinds()
+    assert set(documented) == {BoundedAttack, MinimumNormAttack, ThreatModelAttack} and all(documented.values())
+    assert set(groups()["attack"]) == set().union(*documented.values()) | {"none"}  # each option in one table
     for kind, options in documented.items():
         for option in options:
             cls = get_class(make_cfg(f"attack={option}").attack._target_)
