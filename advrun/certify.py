@@ -71,7 +71,7 @@ from torch import nn
 
 from advrun.attacks.base import eval_mode
 from advrun.attacks.linear_exact import affine_map
-from advrun.attacks.norms import norm_field, norm_name
+from advrun.attacks.norms import dual_norm, norm_field, norm_name
 from advrun.errors import InvalidValue, require_int, require_non_negative
 from advrun.models import ACTIVATIONS, Abs
 
@@ -79,7 +79,6 @@ from advrun.models import ACTIVATIONS, Abs
 NORMS = (math.inf, 2.0, 1.0)
 #: How the change of the activation's slope inside the ball is bounded (module docstring).
 BOUNDS = ("local", "lipschitz")
-_DUAL = {math.inf: 1.0, 2.0: 2.0, 1.0: math.inf}
 _BISECTION_STEPS = 60
 _NONLINEAR = tuple({type(make()) for make in ACTIVATIONS.values()})
 
@@ -252,7 +251,7 @@ def cross_lipschitz_bound(net: OneHiddenLayer, x: torch.Tensor, y: torch.Tensor,
     slope (module docstring). With ``bound="local"`` it is also capped by the same sums over the
     largest slope itself, ``max |sigma'|`` on each unit's interval in place of ``E_r``, which
     wins where the units saturate or ``grad g_j(x)`` owes its size to cancellations."""
-    q = _DUAL[p]
+    q = dual_norm(p)
     u, act, v = net.inner.weight, net.activation, net.outer.weight
     pre = x @ u.T + net.inner.bias  # (n, H)
     slope = act.derivative(pre)
@@ -341,7 +340,7 @@ def certified_radii(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: ob
             with torch.no_grad():
                 correct = model(xb).argmax(dim=1) == yb
             flat = xb.flatten(1).double()
-            radii = (_affine_radii(net, flat, yb, _DUAL[p]) if isinstance(net, AffinePart)
+            radii = (_affine_radii(net, flat, yb, dual_norm(p)) if isinstance(net, AffinePart)
                      else _one_hidden_layer_radii(net, flat, yb, p, bound))
             parts.append(torch.where(correct, radii, 0.0))
     return torch.cat(parts)

@@ -23,7 +23,7 @@ from torch import nn
 
 from advrun.attacks.base import Attack, Bounds, check_adversarial, eval_mode, input_gradient
 from advrun.attacks.linear_exact import LinearExact
-from advrun.attacks.norms import norm_field, project, steepest_direction
+from advrun.attacks.norms import dual_norm, norm_field, project, steepest_direction
 from advrun.attacks.pgd import PGD
 from advrun.errors import InvalidValue, require_int, require_non_negative, require_positive
 from advrun.losses import get_loss
@@ -31,10 +31,6 @@ from advrun.models import ACTIVATIONS, Normalize, make_activation
 from advrun.training import predict
 
 log = logging.getLogger(__name__)
-
-#: The norm whose unit ball is dual to each Lp ball: ``max_{||d||_p <= eps} g.d = eps ||g||_q``.
-DUAL_NORM = {math.inf: 1.0, 2.0: 2.0, 1.0: math.inf}
-
 
 def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
     """Per sample, ``KL(softmax(p_logits) || softmax(q_logits))``."""
@@ -301,7 +297,7 @@ class LinearRobust(Standard):
         """Per sample, ``z_j + eps ||w_j - w_y||_q`` for every class ``j`` (``z_y`` for ``j = y``)."""
         weight, _ = affine_parameters(model, x.shape[1:])
         gaps = weight[None, :, :] - weight[y][:, None, :]  # (samples, classes, features): w_j - w_y
-        return model(x) + self.eps * torch.linalg.vector_norm(gaps, ord=DUAL_NORM[self.norm], dim=2)
+        return model(x) + self.eps * torch.linalg.vector_norm(gaps, ord=dual_norm(self.norm), dim=2)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.checked is not model:

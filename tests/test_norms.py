@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from advrun.attacks.norms import lp_norm, parse_norm, project, random_in_ball, steepest_direction
+from advrun.attacks.norms import dual_norm, lp_norm, parse_norm, project, random_in_ball, steepest_direction
 
 
 @pytest.mark.parametrize("spelling, value", [
@@ -77,6 +77,23 @@ def test_steepest_direction_has_unit_norm_and_is_an_ascent_direction(p):
     # For the unit ball of norm p, <grad, d> equals the dual norm of grad.
     dual = {math.inf: 1.0, 2.0: 2.0, 1.0: math.inf}[p]
     torch.testing.assert_close((grad * direction).flatten(1).sum(1), lp_norm(grad, dual))
+
+
+def test_dual_norm_is_the_largest_inner_product_over_the_unit_ball():
+    """``q = dual_norm(p)`` gives ``max_{||d||_p <= 1} g . d = ||g||_q`` (Hoelder): no random unit
+    direction exceeds it, the steepest direction reaches it, and the dual of ``q`` is ``p``."""
+    assert (dual_norm(math.inf), dual_norm(2.0), dual_norm(1.0)) == (1.0, 2.0, math.inf)
+    generator = torch.Generator().manual_seed(0)
+    g = torch.randn(5, 12, generator=generator, dtype=torch.float64)
+    for p in (math.inf, 2.0, 1.0):
+        q = dual_norm(p)
+        directions = torch.randn(500, 12, generator=generator, dtype=torch.float64)
+        directions = directions / lp_norm(directions, p)[:, None]
+        assert (g @ directions.T <= lp_norm(g, q)[:, None] * (1 + 1e-12)).all()
+        torch.testing.assert_close((g * steepest_direction(g, p)).sum(dim=1), lp_norm(g, q))
+        assert dual_norm(q) == p
+    with pytest.raises(ValueError, match="unknown norm"):
+        dual_norm(3.0)
 
 
 @pytest.mark.parametrize("p", [math.inf, 2.0, 1.0])

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from advrun.attacks.base import Bounds, Goal, MinimumNormAttack
-from advrun.attacks.norms import lp_norm, steepest_direction
+from advrun.attacks.norms import dual_norm, lp_norm, steepest_direction
 from advrun.errors import require_int, require_non_negative
 
 
@@ -70,7 +70,7 @@ class DeepFool(MinimumNormAttack):
         done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         delta = torch.zeros_like(x)
         active = torch.arange(len(x), device=x.device)
-        dual = 1.0 if self.norm == math.inf else 2.0
+        dual = dual_norm(self.norm)
         for step in range(self.steps + 1):
             point = (x[active] + (1 + self.overshoot) * delta[active]).clamp(lo, hi).requires_grad_(True)
             logits = model(point)

@@ -49,6 +49,15 @@ def norm_name(p: float) -> str:
     return "linf" if p == math.inf else f"l{int(p)}"
 
 
+def dual_norm(p: float) -> float:
+    """The norm ``q`` dual to ``p`` (``1/p + 1/q = 1``: 1 for inf, 2 for 2, inf for 1), so that
+    ``max_{||d||_p <= eps} g . d = eps ||g||_q`` (Hoelder's inequality, an equality for the
+    aligned ``d``): the distance ``m / ||g||_q`` to a hyperplane ``g . d = m`` in Lp."""
+    if p not in (math.inf, 2.0, 1.0):
+        raise ValueError(f"unknown norm {p!r}")
+    return 1.0 if p == math.inf else math.inf if p == 1.0 else 2.0
+
+
 def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1)
 

@@ -20,12 +20,10 @@ from torch import nn
 
 from advrun.attacks.base import eval_mode
 from advrun.attacks.linear_exact import affine_map
-from advrun.attacks.norms import norm_name
+from advrun.attacks.norms import dual_norm, norm_name
 from advrun.errors import InvalidValue
 from advrun.reporting.gallery import to_image
 from advrun.reporting.plots import plt
-
-_DUAL = {math.inf: 1.0, 2.0: 2.0, 1.0: math.inf}
 
 
 def affine_weights(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -48,7 +46,8 @@ def optimal_perturbation(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tens
     flat = x.detach().cpu().flatten(1).to(weight)
     logits = flat @ weight.T + bias
     differences = weight[None, :, :] - weight[y.cpu()][:, None, :]  # (n, classes, features): w_j - w_y
-    gain = logits - logits.gather(1, y.cpu()[:, None]) + eps * torch.linalg.vector_norm(differences, ord=_DUAL[norm], dim=2)
+    reach = eps * torch.linalg.vector_norm(differences, ord=dual_norm(norm), dim=2)  # Hoelder
+    gain = logits - logits.gather(1, y.cpu()[:, None]) + reach
     gain.scatter_(1, y.cpu()[:, None], -torch.inf)
     targets = gain.argmax(dim=1)
     g = differences[torch.arange(len(x)), targets]
