@@ -70,68 +70,35 @@ import torch
 from torch import nn
 
 from advrun.attacks.base import eval_mode
-from advrun.attacks.linear_exact import affine_map
 from advrun.attacks.norms import dual_norm, norm_field, norm_name
 from advrun.errors import InvalidValue, require_int, require_non_negative
-from advrun.models import ACTIVATIONS, Abs
+from advrun.structure import (
+    ACTIVATIONS, SmoothActivation, activation_of, affine_map, as_module, parameter_like, probe_points,
+    split_at_activations,
+)
 
 #: Norms a certificate can be asked for.
 NORMS = (math.inf, 2.0, 1.0)
 #: How the change of the activation's slope inside the ball is bounded (module docstring).
 BOUNDS = ("local", "lipschitz")
 _BISECTION_STEPS = 60
-_NONLINEAR = tuple({type(make()) for make in ACTIVATIONS.values()})
-
-Range = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class SmoothActivation:
-    """What the certificate needs of ``sigma``: ``derivative(t)``; ``derivative_range(lo, hi)``, the
-    exact ``(min, max)`` of ``sigma'`` over ``[lo, hi]``; ``lipschitz``, the Lipschitz constant of
-    ``sigma'`` away from ``jump``, the total size of its jumps (torch's softplus switches to the
-    identity above ``threshold``, a jump of ``1 - sigmoid(threshold)``, about 2e-9)."""
-
-    module: nn.Module
-    derivative: Callable[[torch.Tensor], torch.Tensor]
-    derivative_range: Range
-    lipschitz: float
-    jump: float = 0.0
-
-
-def _peaked_at_zero(derivative: Callable[[torch.Tensor], torch.Tensor]) -> Range:
-    """Range of a ``sigma'`` that increases up to 0 and decreases after (tanh, sigmoid)."""
-    return lambda lo, hi: (torch.minimum(derivative(lo), derivative(hi)),
-                           derivative(torch.minimum(hi, lo.clamp_min(0.0))))
-
-
-def _increasing(derivative: Callable[[torch.Tensor], torch.Tensor]) -> Range:
-    """Range of a non-decreasing ``sigma'`` (softplus, elu)."""
-    return lambda lo, hi: (derivative(lo), derivative(hi))
+#: Names of the activations whose derivative is Lipschitz (as the table builds them: elu with alpha 1).
+_SMOOTH = [activation.name for activation in ACTIVATIONS.values() if activation.smooth(activation.build(1.0))]
 
 
 def smooth_activation(module: nn.Module) -> SmoothActivation:
-    """The :class:`SmoothActivation` of an activation layer; :class:`InvalidValue` (field
-    ``activation``) for one whose derivative is not Lipschitz (relu, leaky relu) or unknown."""
-    if isinstance(module, nn.Tanh):
-        tanh_slope = lambda t: 1 - torch.tanh(t) ** 2
-        return SmoothActivation(module, tanh_slope, _peaked_at_zero(tanh_slope), 4 / (3 * math.sqrt(3)))
-    if isinstance(module, nn.Sigmoid):
-        sigmoid_slope = lambda t: torch.sigmoid(t) * torch.sigmoid(-t)
-        return SmoothActivation(module, sigmoid_slope, _peaked_at_zero(sigmoid_slope), 1 / (6 * math.sqrt(3)))
-    if isinstance(module, nn.Softplus):
-        beta, threshold = float(module.beta), float(module.threshold)
-        softplus_slope = lambda t: torch.where(beta * t > threshold, 1.0, torch.sigmoid(beta * t))
-        return SmoothActivation(module, softplus_slope, _increasing(softplus_slope), beta / 4,
-                                jump=1 - 1 / (1 + math.exp(-threshold)))
-    if isinstance(module, nn.ELU) and float(module.alpha) == 1.0:
-        elu_slope = lambda t: torch.where(t > 0, 1.0, torch.exp(t.clamp_max(0.0)))
-        return SmoothActivation(module, elu_slope, _increasing(elu_slope), 1.0)
-    if isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.ELU, Abs)):
+    """The :class:`~advrun.structure.SmoothActivation` of an activation layer; :class:`InvalidValue`
+    (field ``activation``) for one whose derivative is not Lipschitz (relu, leaky relu) or unknown."""
+    activation = activation_of(module)
+    if activation is None:
+        raise InvalidValue("activation", f"certify knows {', '.join(_SMOOTH[:-1])} and {_SMOOTH[-1]}, "
+                                         f"not {type(module).__name__}")
+    smooth = activation.smooth(module)
+    if smooth is None:
         raise InvalidValue("activation", f"{type(module).__name__} has a derivative that jumps, so the "
                                          f"Hein-Andriushchenko certificate (which needs a Lipschitz derivative) "
-                                         f"does not apply; use tanh, sigmoid, softplus or elu")
-    raise InvalidValue("activation", f"certify knows tanh, sigmoid, softplus and elu, not {type(module).__name__}")
+                                         f"does not apply; use {', '.join(_SMOOTH[:-1])} or {_SMOOTH[-1]}")
+    return smooth
 
 
 @dataclass
@@ -151,15 +118,6 @@ class OneHiddenLayer:
     outer: AffinePart
 
 
-def _probes(in_shape: Sequence[int], like: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-    """Fixed points (dtype and device of ``like``) where a part of the model is read off and
-    checked to be affine; own generator: certifying never moves the global random state."""
-    generator = torch.Generator().manual_seed(0)
-    probes = torch.cat([torch.rand((3, *in_shape), generator=generator),
-                        torch.randn((2, *in_shape), generator=generator)]).to(like)
-    return probes if x is None else torch.cat([x[:1].to(like), probes])
-
-
 def _read_affine(part: nn.Module, probes: torch.Tensor, what: str) -> AffinePart:
     try:
         weight, bias = affine_map(part, probes)
@@ -173,29 +131,27 @@ def decompose(model: nn.Module, probes: torch.Tensor) -> AffinePart | OneHiddenL
     """The model as an :class:`AffinePart` or a :class:`OneHiddenLayer` (read off by autograd at
     ``probes``, so a normalisation layer is folded into the first affine map); raises
     :class:`InvalidValue` for any other model. Needs gradients enabled and eval mode."""
-    children = list(model.children()) if isinstance(model, nn.Sequential) else [model]
-    positions = [i for i, child in enumerate(children) if isinstance(child, _NONLINEAR)]
-    nested = sum(isinstance(module, _NONLINEAR) for module in model.modules()) - len(positions)
-    if nested:
+    split = split_at_activations(model)
+    count = len(split.activations)
+    if split.nested:
         raise InvalidValue("_target_", f"certify handles affine models and networks with one hidden layer (e.g. "
                                        f"model=mlp model.hidden=[64]); {type(model).__name__} has "
-                                       f"{nested + len(positions)} activation layers, {nested} inside blocks")
-    if not positions:
+                                       f"{split.nested + count} activation layers, {split.nested} inside blocks")
+    if not count:
         return _read_affine(model, probes, type(model).__name__)
-    if len(positions) > 1:
+    if count > 1:
         raise InvalidValue("hidden", f"certify handles affine models and networks with one hidden layer (e.g. "
-                                     f"model=mlp model.hidden=[64]); this one has {len(positions)} activation layers")
-    at = positions[0]
-    activation = smooth_activation(children[at])
-    inner, outer = nn.Sequential(*children[:at]), nn.Sequential(*children[at + 1:])
+                                     f"model=mlp model.hidden=[64]); this one has {count} activation layers")
+    activation = smooth_activation(split.activations[0].module)
+    inner, outer = (as_module(piece) for piece in split.pieces)
     inner_part = _read_affine(inner, probes, "the part before the activation")
     with torch.no_grad():
         hidden = activation.module(inner(probes))
     if hidden.dim() != 2:
         raise InvalidValue("_target_", "certify needs flat hidden units (a dense hidden layer, not a convolution)")
-    generator = torch.Generator().manual_seed(1)
-    hidden_probes = torch.cat([hidden, torch.randn(hidden.shape, generator=generator).to(hidden)])
-    return OneHiddenLayer(inner_part, activation, _read_affine(outer, hidden_probes, "the part after the activation"))
+    hidden_probes = probe_points(hidden.shape[1:], hidden, first=hidden)
+    outer_part = _read_affine(outer, hidden_probes, "the part after the activation")
+    return OneHiddenLayer(inner_part, activation, outer_part)
 
 
 def _parse(norm: object, bound: str = "local") -> float:
@@ -210,10 +166,8 @@ def check_certifiable(model: nn.Module, norm: object, in_shape: Sequence[int]) -
     unless :func:`certified_radii` can certify this model in this norm. Cheap: the runner can
     call it before training, as it does an attack's ``check_model``."""
     _parse(norm)
-    parameter = next(model.parameters(), None)
-    like = parameter.detach() if parameter is not None else torch.zeros(())
     with eval_mode(model), torch.enable_grad():
-        decompose(model, _probes(in_shape, like))
+        decompose(model, probe_points(in_shape, parameter_like(model)))
 
 
 def supports(model: nn.Module, norm: object, in_shape: Sequence[int]) -> bool:
@@ -333,7 +287,7 @@ def certified_radii(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: ob
         return torch.zeros(0, dtype=torch.float64, device=x.device)
     with eval_mode(model):
         with torch.enable_grad():
-            net = decompose(model, _probes(x.shape[1:], x, x))
+            net = decompose(model, probe_points(x.shape[1:], x, first=x[:1]))
         parts = []
         for i in range(0, len(x), batch_size):
             xb, yb = x[i : i + batch_size], y[i : i + batch_size]

@@ -22,15 +22,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from advrun.attacks.base import Attack, Bounds, check_adversarial, eval_mode, input_gradient
-from advrun.attacks.linear_exact import LinearExact
 from advrun.attacks.norms import dual_norm, norm_field, project, steepest_direction
 from advrun.attacks.pgd import PGD
 from advrun.errors import InvalidValue, require_int, require_non_negative, require_positive
 from advrun.losses import get_loss
-from advrun.models import ACTIVATIONS, Normalize, make_activation
+from advrun.structure import affine_parameters, check_affine, logit_jacobian, one_hidden_layer
 from advrun.training import predict
 
 log = logging.getLogger(__name__)
+
 
 def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
     """Per sample, ``KL(softmax(p_logits) || softmax(q_logits))``."""
@@ -241,17 +241,6 @@ class FastAT(Adversarial):
         return "stop"
 
 
-def affine_parameters(model: nn.Module, in_shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(W, b)`` of an affine model ``model(x) = W x.flatten() + b``, as differentiable functions
-    of its parameters: ``b = model(0)`` and column ``i`` of ``W`` is ``model(e_i) - b``.
-    Meaningful only for affine models (see :meth:`LinearRobust.check_model`)."""
-    parameter = next(model.parameters())
-    d = math.prod(in_shape)
-    inputs = torch.cat([torch.zeros(1, d), torch.eye(d)]).to(parameter).reshape(d + 1, *in_shape)
-    out = model(inputs)
-    return (out[1:] - out[0]).T, out[0]
-
-
 @dataclass
 class LinearRobust(Standard):
     """Exact robust training of affine models, the inner maximisation solved in closed form
@@ -284,7 +273,7 @@ class LinearRobust(Standard):
 
     def check_model(self, model: nn.Module, in_shape: Sequence[int]) -> None:
         try:
-            LinearExact().check_model(model, tuple(in_shape))
+            check_affine(model, in_shape)
         except InvalidValue:
             raise InvalidValue(
                 "_target_",
@@ -303,25 +292,6 @@ class LinearRobust(Standard):
         if self.checked is not model:
             self.check_model(model, x.shape[1:])
         return self.criterion_loss(self.worst_case_logits(model, x, y), y)
-
-
-#: Layer types of advrun's activations: all act elementwise.
-ELEMENTWISE = tuple({type(make_activation(name)) for name in ACTIVATIONS})
-
-
-def one_hidden_layer(model: nn.Module) -> tuple[Normalize | None, nn.Linear, nn.Module, nn.Linear] | None:
-    """``(normalize, first, activation, last)`` when ``model`` is ``[Normalize], [Flatten],
-    Linear, elementwise activation, Linear`` (``model=mlp model.hidden=[h]``), else None."""
-    if not isinstance(model, nn.Sequential):
-        return None
-    layers = list(model)
-    normalize = layers.pop(0) if layers and isinstance(layers[0], Normalize) else None
-    if layers and isinstance(layers[0], nn.Flatten):
-        layers.pop(0)
-    kinds = (nn.Linear, ELEMENTWISE, nn.Linear)
-    if len(layers) == 3 and all(isinstance(layer, kind) for layer, kind in zip(layers, kinds)):
-        return normalize, *layers
-    return None
 
 
 def class_gradients_closed(parts, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -347,11 +317,7 @@ def class_gradients_autograd(model: nn.Module, x: torch.Tensor) -> tuple[torch.T
     backward pass per class, ``create_graph=True``). Assumes samples do not interact: batch norm
     in train mode couples them, so :meth:`CrossLipschitz.check_model` refuses it (dropout's
     per-sample masks are fine)."""
-    x = x.detach().requires_grad_(True)
-    logits = model(x)
-    rows = [torch.autograd.grad(logits[:, k].sum(), x, create_graph=True)[0].flatten(1)
-            for k in range(logits.shape[1])]
-    return logits, torch.stack(rows, dim=1)
+    return logit_jacobian(model, x, create_graph=True)
 
 
 @dataclass

@@ -22,25 +22,7 @@ import torch
 from torch import nn
 
 from advrun.errors import InvalidValue, require_int, require_positive
-
-
-class Abs(nn.Module):
-    """``|x|``, elementwise (not differentiable at 0; torch takes the subgradient 0 there)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.abs()
-
-
-#: Activation layers by name, each built without arguments (softplus with sharpness 1).
-ACTIVATIONS = {
-    "relu": nn.ReLU,
-    "leaky_relu": lambda: nn.LeakyReLU(0.1),
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "softplus": nn.Softplus,
-    "elu": nn.ELU,
-    "abs": Abs,
-}
+from advrun.structure import ACTIVATIONS
 
 
 def make_activation(name: str, softplus_beta: float = 1.0) -> nn.Module:
@@ -51,9 +33,7 @@ def make_activation(name: str, softplus_beta: float = 1.0) -> nn.Module:
     if name not in ACTIVATIONS:
         raise InvalidValue("activation", f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
     require_positive("softplus_beta", softplus_beta)
-    if name == "softplus":
-        return nn.Softplus(beta=softplus_beta)
-    return ACTIVATIONS[name]()
+    return ACTIVATIONS[name].build(softplus_beta)
 
 
 class Normalize(nn.Module):

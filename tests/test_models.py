@@ -15,7 +15,8 @@ from advrun.attacks import LinearExact
 from advrun.certify import certified_radii, check_certifiable, smooth_activation, supports
 from advrun.defenses import CrossLipschitz
 from advrun.errors import InvalidValue
-from advrun.models import ACTIVATIONS, CNN, MLP, Abs, LogReg, Normalize, PreActResNet18, make_activation
+from advrun.models import ACTIVATIONS, CNN, MLP, LogReg, Normalize, PreActResNet18, make_activation
+from advrun.structure import Abs
 from advrun.training import batch_starts
 from tests.conftest import TINY
 

@@ -26,35 +26,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from advrun.attacks.base import Bounds, Goal, MinimumNormAttack, eval_mode
+from advrun.attacks.base import Bounds, Goal, MinimumNormAttack
 from advrun.attacks.norms import lp_norm
 from advrun.errors import InvalidValue, require_positive
-
-
-def affine_map(model: nn.Module, probes: torch.Tensor, rtol: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(W, b)`` with ``model(x) = W x.flatten() + b``, read off the Jacobian (autograd) at
-    ``probes``; raise :class:`InvalidValue` unless the model is affine at every probe. A binary
-    ``logreg`` (one logit ``z``, logits ``(0, z)``) reads as ``W = [[0], [w]]``, so the attack
-    and the certificate treat it as the two-logit model with ``w_1 - w_0 = w``. Call it in eval
-    mode (batch norm and dropout are affine only there)."""
-    probes = probes.detach().requires_grad_(True)
-    logits = model(probes)
-    rows = [torch.autograd.grad(logits[:, k].sum(), probes, retain_graph=True)[0].flatten(1)
-            for k in range(logits.shape[1])]
-    jacobians = torch.stack(rows, dim=1)  # (probes, classes, features)
-    weight = jacobians[0]
-    bias = logits[0].detach() - weight @ probes[0].detach().flatten()
-    predicted = probes.detach().flatten(1) @ weight.T + bias
-    jacobian_gap = (jacobians - weight).abs().max().item()
-    value_gap = (predicted - logits.detach()).abs().max().item()
-    if jacobian_gap > rtol * weight.abs().max().item() + 1e-6 or value_gap > rtol * (logits.abs().max().item() + 1):
-        raise InvalidValue(
-            "_target_",
-            f"linear_exact needs an affine classifier (e.g. model=logreg), but {type(model).__name__}'s logits "
-            f"are not an affine function of the input (its Jacobian changes by {jacobian_gap:.3g} between "
-            f"inputs); use deepfool or cw for non-linear models",
-        )
-    return weight, bias
+from advrun.structure import affine_map, check_affine, probe_points
 
 
 def halfspace_minimum(g: torch.Tensor, m: torch.Tensor, room_up: torch.Tensor, room_down: torch.Tensor,
@@ -104,18 +79,15 @@ class LinearExact(MinimumNormAttack):
 
     def check_model(self, model: nn.Module, in_shape: tuple[int, ...]) -> None:
         super().check_model(model, in_shape)
-        parameter = next(model.parameters(), None)
-        device = parameter.device if parameter is not None else torch.device("cpu")
-        generator = torch.Generator().manual_seed(0)
-        probes = torch.cat([torch.rand((3, *in_shape), generator=generator),
-                            torch.randn((2, *in_shape), generator=generator)]).to(device)
-        with eval_mode(model), torch.enable_grad():  # as attacked: no batch statistics, no dropout
-            affine_map(model, probes)
+        try:
+            check_affine(model, in_shape)  # as attacked: no batch statistics, no dropout
+        except InvalidValue as e:
+            raise InvalidValue("_target_", f"linear_exact needs an affine classifier (e.g. model=logreg), but "
+                                           f"{e.message}; use deepfool or cw for non-linear models") from None
 
     def perturb(self, model: nn.Module, x: torch.Tensor, goal: Goal, bounds: Bounds) -> torch.Tensor:
         lo, hi = bounds
-        probes = torch.cat([x[:1], lo + (hi - lo) * torch.rand_like(x[:2])])
-        weight, bias = (t.double() for t in affine_map(model, probes))
+        weight, bias = (t.double() for t in affine_map(model, probe_points(x.shape[1:], x, first=x[:1])))
         x64 = x.flatten(1).double()
         logits = x64 @ weight.T + bias
         y = goal.labels

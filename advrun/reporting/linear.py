@@ -19,21 +19,19 @@ import torch
 from torch import nn
 
 from advrun.attacks.base import eval_mode
-from advrun.attacks.linear_exact import affine_map
 from advrun.attacks.norms import dual_norm, norm_name
 from advrun.errors import InvalidValue
 from advrun.reporting.gallery import to_image
 from advrun.reporting.plots import plt
+from advrun.structure import affine_map, probe_points
 
 
 def affine_weights(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(W, b)`` (CPU, W: classes x features) if the model's logits are affine in its input,
-    checked at the inputs ``x`` and two random points of the same shape; else None."""
-    generator = torch.Generator().manual_seed(0)
-    probes = torch.cat([x[:8].detach().cpu(), torch.rand((2, *x.shape[1:]), generator=generator)]).to(x)
+    checked at the first inputs ``x`` and at :func:`advrun.structure.probe_points`; else None."""
     with eval_mode(model), torch.enable_grad():
         try:
-            weight, bias = affine_map(model, probes)
+            weight, bias = affine_map(model, probe_points(x.shape[1:], x, first=x[:8]))
         except InvalidValue:
             return None
     return weight.detach().cpu(), bias.detach().cpu()

@@ -12,6 +12,7 @@ from torch import nn
 
 from advrun.attacks.base import Bounds, eval_mode
 from advrun.reporting.plots import plt
+from advrun.structure import parameter_like
 
 _COLOURS = plt.get_cmap("tab10").colors
 
@@ -37,7 +38,7 @@ def plot_decision_regions(model: nn.Module, x_train: torch.Tensor, y_train: torc
     """Regions coloured by the model's label, training points coloured by their true label, and,
     when given, evaluation points ``x`` (circles) joined to their adversarial points ``x_adv``
     (crosses, coloured by the model's label there)."""
-    device = next((p.device for p in model.parameters()), "cpu")
+    device = parameter_like(model).device
     xs, ys, labels = decision_grid(model, bounds, resolution, device)
     k = len(class_names)
     fig, ax = plt.subplots(figsize=(6, 5.4))
