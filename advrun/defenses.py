@@ -26,7 +26,7 @@ from advrun.attacks.norms import dual_norm, norm_field, project, steepest_direct
 from advrun.attacks.pgd import PGD
 from advrun.errors import InvalidValue, require_int, require_non_negative, require_positive
 from advrun.losses import get_loss
-from advrun.structure import affine_parameters, check_affine, logit_jacobian, one_hidden_layer
+from advrun.structure import affine_parameters, check_affine, has_batch_norm, logit_jacobian, one_hidden_layer
 from advrun.training import predict
 
 log = logging.getLogger(__name__)
@@ -344,7 +344,7 @@ class CrossLipschitz(Standard):
             raise InvalidValue("form", f"must be 'auto', 'closed' or 'autograd', got {self.form!r}")
 
     def check_model(self, model: nn.Module, in_shape: Sequence[int]) -> None:
-        if any(isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) for module in model.modules()):
+        if has_batch_norm(model):
             raise InvalidValue("_target_", "cross_lipschitz penalises per-sample input gradients, which batch norm "
                                            "in train mode couples across the batch; use model.batch_norm=false")
         if self.form == "closed" and one_hidden_layer(model) is None:

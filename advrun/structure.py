@@ -11,7 +11,8 @@ closed-form defenses (:mod:`advrun.defenses`), the exact linear attack
   pooling; ``block`` for a residual unit or any module whose insides it does not read), the input
   of any layer-by-layer certificate; :func:`split_at_activations` cuts that sequence at its
   activation layers, and :func:`one_hidden_layer` recognises ``[normalize] [flatten] linear,
-  activation, linear``, whose input gradients have a closed form.
+  activation, linear``, whose input gradients have a closed form; :func:`has_batch_norm` (batch
+  norm in train mode couples the samples of a batch).
 * **Affine parts**: :func:`affine_map` reads ``(W, b)`` of ``model(x) = W x.flatten() + b`` off
   the model by autograd at :func:`probe_points` and checks that the model is affine there;
   :func:`affine_parameters` writes them as differentiable functions of the parameters (for
@@ -134,13 +135,15 @@ def activation_of(layer: nn.Module) -> Activation | None:
 
 # ----------------------------------------------------------------------------------------- layers
 
+#: Batch norm layers: in train mode they normalise by the statistics of the batch, coupling its samples.
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 #: Layer kinds by torch layer type, in the order they are tried (advrun's own layers: :func:`layer_kind`).
 _TORCH_KINDS: tuple[tuple[type[nn.Module] | tuple[type[nn.Module], ...], str], ...] = (
     (nn.Linear, "linear"),
     (nn.Conv2d, "conv"),
     (ACTIVATION_LAYERS, "activation"),
     (nn.Flatten, "flatten"),
-    ((nn.BatchNorm1d, nn.BatchNorm2d), "batch_norm"),
+    (BATCH_NORMS, "batch_norm"),
     (nn.Dropout, "dropout"),
     ((nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d), "pool"),
 )
@@ -180,6 +183,11 @@ def layer_sequence(model: nn.Module) -> list[Layer]:
             yield from unroll(child, f"{name}.{child_name}" if name else child_name)
 
     return list(unroll(model, ""))
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    """Whether any module of ``model``, blocks included, is a batch norm layer."""
+    return any(isinstance(module, BATCH_NORMS) for module in model.modules())
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from torch import nn
 
 from advrun import io
 from advrun.console import progress_bar
+from advrun.structure import has_batch_norm
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,7 @@ def batch_starts(n: int, batch_size: int, model: nn.Module) -> list[int]:
     """Where the training batches of an epoch start. With batch norm a last batch of one sample
     (which batch norm cannot normalise in train mode) joins the batch before it."""
     starts = list(range(0, n, batch_size))
-    has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    if has_batch_norm and len(starts) > 1 and n - starts[-1] == 1:
+    if has_batch_norm(model) and len(starts) > 1 and n - starts[-1] == 1:
         starts.pop()
     return starts
 

@@ -14,7 +14,7 @@ from advrun.config import config_dir
 from advrun.errors import InvalidValue
 from advrun.models import MLP, LogReg, Normalize, make_activation
 from advrun.structure import (
-    ACTIVATION_LAYERS, ACTIVATIONS, Abs, activation_of, affine_map, affine_parameters, check_affine,
+    ACTIVATION_LAYERS, ACTIVATIONS, Abs, activation_of, affine_map, affine_parameters, check_affine, has_batch_norm,
     layer_sequence, logit_jacobian, one_hidden_layer, parameter_like, probe_points, split_at_activations,
 )
 from tests.conftest import groups
@@ -73,6 +73,12 @@ def test_regularisers_binary_logits_and_nested_containers_are_read():
     assert [(layer.name, layer.kind) for layer in layer_sequence(nested)] == [
         ("0", "flatten"), ("1.0", "linear"), ("1.1", "activation"), ("2", "linear")]
     assert kinds(nn.Linear(4, 2)) == ["linear"] and kinds(nn.Softmax(dim=1)) == ["block"]
+
+
+def test_batch_norm_is_found_also_inside_blocks():
+    assert has_batch_norm(MLP(MNIST, 10, hidden=[8], batch_norm=True))
+    assert has_batch_norm(menu_model("cnn", batch_norm=True)) and has_batch_norm(menu_model("resnet", width=2))
+    assert not any(has_batch_norm(menu_model(name)) for name in ("cnn", "logreg", "mlp", "wong_mnist"))
 
 
 def test_split_at_activations_counts_the_activations_inside_blocks():
