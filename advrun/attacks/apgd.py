@@ -152,61 +152,98 @@ class APGD(BoundedAttack):
         """One run of Algorithm 1 from a random start: the per-sample worst case for the rows of ``x``.
 
         Samples that reach the goal leave the run (their trajectories are independent of the
-        others), so all state below holds the rows ``rows`` still being attacked."""
+        others), so the trajectory holds the rows still being attacked."""
         result = WorstCase(x)
-        rows = torch.arange(len(x), device=x.device)
-        origin = x
-        x_k = self._into_set(x, x + random_in_ball(x, self.eps, self.norm), bounds)
-        x_prev = x_k
-        step = torch.full((len(x),), 2 * self.eps, device=x.device, dtype=x.dtype)
-        x_max, grad_max = x_k.clone(), torch.zeros_like(x)
-        f_max = torch.full((len(x),), -torch.inf, device=x.device, dtype=x.dtype)
-        f_prev, increases = f_max.clone(), torch.zeros(len(x), device=x.device)
-        f_max_at_check, halved_at_check = f_max.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        x_0 = self._into_set(x, x + random_in_ball(x, self.eps, self.norm), bounds)
+        path = _Trajectory.start(x, goal, targets, x_0, step=2 * self.eps)
         schedule, last_check = set(checkpoints(self.n_iter)), 0
-        shape = (-1,) + (1,) * (x.dim() - 1)
-
         for k in range(self.n_iter + 1):
-            x_k = x_k.detach().requires_grad_(k < self.n_iter)
+            x_k = path.x_k.detach().requires_grad_(k < self.n_iter)
             logits = model(x_k)
-            f = self._objective(logits, goal, targets)
+            f = self._objective(logits, path.goal, path.targets)
             grad = torch.autograd.grad(f.sum(), x_k)[0] if k < self.n_iter else None
-            x_k, f, logits = x_k.detach(), f.detach(), logits.detach()
-            reached = goal.reached(logits)
-            result.update(rows, x_k, f, reached, logits)
+            path.x_k, f, logits = x_k.detach(), f.detach(), logits.detach()
+            reached = path.goal.reached(logits)
+            result.update(path.rows, path.x_k, f, reached, logits)
             if k == self.n_iter:
                 break
-            improved = f > f_max
-            x_max[improved], grad_max[improved], f_max[improved] = x_k[improved], grad[improved], f[improved]
-            increases += (f > f_prev).float()
-            f_prev = f
-
+            path.record(f, grad)
+            if reached.all():
+                break
             if reached.any():  # fooled samples leave the run with their first successful point
-                keep = ~reached
-                if not keep.any():
-                    break
-                rows, origin, goal = rows[keep], origin[keep], goal.subset(keep)
-                targets = None if targets is None else targets[keep]
-                x_k, x_prev, grad, step = x_k[keep], x_prev[keep], grad[keep], step[keep]
-                x_max, grad_max, f_max, f_prev, increases = (
-                    x_max[keep], grad_max[keep], f_max[keep], f_prev[keep], increases[keep]
-                )
-                f_max_at_check, halved_at_check = f_max_at_check[keep], halved_at_check[keep]
-
+                grad = path.keep(~reached, grad)
             if k in schedule:
-                if k > 0:
-                    stalled = increases < RHO * (k - last_check)
-                    stuck = ~halved_at_check & (f_max <= f_max_at_check)
-                    halve = stalled | stuck
-                    step = torch.where(halve, step / 2, step)
-                    x_k = torch.where(halve.view(shape), x_max, x_k)
-                    grad = torch.where(halve.view(shape), grad_max, grad)
-                    f_prev = torch.where(halve, f_max, f_prev)
-                    halved_at_check = halve
-                f_max_at_check, increases, last_check = f_max.clone(), torch.zeros_like(increases), k
-
-            z = self._into_set(origin, x_k + step.view(shape) * steepest_direction(grad, self.norm), bounds)
+                grad = path.checkpoint(k, last_check, grad)
+                last_check = k
+            shape = (-1,) + (1,) * (x.dim() - 1)
+            z = self._into_set(path.origin, path.x_k + path.step.view(shape) * steepest_direction(grad, self.norm),
+                               bounds)
             if k > 0:
-                z = self._into_set(origin, x_k + MOMENTUM * (z - x_k) + (1 - MOMENTUM) * (x_k - x_prev), bounds)
-            x_prev, x_k = x_k, z
+                z = self._into_set(path.origin, path.x_k + MOMENTUM * (z - path.x_k)
+                                   + (1 - MOMENTUM) * (path.x_k - path.x_prev), bounds)
+            path.x_prev, path.x_k = path.x_k, z
         return result
+
+
+@dataclass
+class _Trajectory:
+    """The state of one APGD run, one entry per row still attacked: the current and previous
+    iterates, the step size, the best point so far (with its gradient and loss), and the
+    counts that decide at each checkpoint whether the step halves (Sect. 3.1, conditions 1, 2)."""
+
+    rows: torch.Tensor
+    origin: torch.Tensor
+    goal: Goal
+    targets: torch.Tensor | None
+    x_k: torch.Tensor
+    x_prev: torch.Tensor
+    step: torch.Tensor
+    x_max: torch.Tensor
+    grad_max: torch.Tensor
+    f_max: torch.Tensor
+    f_prev: torch.Tensor
+    increases: torch.Tensor
+    f_max_at_check: torch.Tensor
+    halved_at_check: torch.Tensor
+
+    @classmethod
+    def start(cls, x: torch.Tensor, goal: Goal, targets: torch.Tensor | None, x_0: torch.Tensor,
+              step: float) -> "_Trajectory":
+        n, like = len(x), dict(device=x.device, dtype=x.dtype)
+        f_max = torch.full((n,), -torch.inf, **like)
+        return cls(rows=torch.arange(n, device=x.device), origin=x, goal=goal, targets=targets, x_k=x_0, x_prev=x_0,
+                   step=torch.full((n,), step, **like), x_max=x_0.clone(), grad_max=torch.zeros_like(x),
+                   f_max=f_max, f_prev=f_max.clone(), increases=torch.zeros(n, device=x.device),
+                   f_max_at_check=f_max.clone(), halved_at_check=torch.zeros(n, dtype=torch.bool, device=x.device))
+
+    def record(self, f: torch.Tensor, grad: torch.Tensor) -> None:
+        """Keep the best point, and count the iterations that increased the loss."""
+        improved = f > self.f_max
+        self.x_max[improved], self.grad_max[improved] = self.x_k[improved], grad[improved]
+        self.f_max[improved] = f[improved]
+        self.increases += (f > self.f_prev).float()
+        self.f_prev = f
+
+    def keep(self, keep: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """Drop the rows outside ``keep``; returns ``grad`` of the rows kept."""
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value[keep])
+        self.goal = self.goal.subset(keep)
+        return grad[keep]
+
+    def checkpoint(self, k: int, last_check: int, grad: torch.Tensor) -> torch.Tensor:
+        """At a checkpoint ``w_j``: halve the step (and restart from the best point) where the loss
+        rose in fewer than ``rho`` of the iterations since the last one, or where the step was not
+        halved then and the best loss did not improve; returns the gradient at the points kept."""
+        if k > 0:
+            shape = (-1,) + (1,) * (self.x_k.dim() - 1)
+            stalled = self.increases < RHO * (k - last_check)
+            halve = stalled | (~self.halved_at_check & (self.f_max <= self.f_max_at_check))
+            self.step = torch.where(halve, self.step / 2, self.step)
+            self.x_k = torch.where(halve.view(shape), self.x_max, self.x_k)
+            grad = torch.where(halve.view(shape), self.grad_max, grad)
+            self.f_prev = torch.where(halve, self.f_max, self.f_prev)
+            self.halved_at_check = halve
+        self.f_max_at_check, self.increases = self.f_max.clone(), torch.zeros_like(self.increases)
+        return grad
