@@ -129,70 +129,90 @@ def train(
     """Train ``model`` in place; return one row per epoch (mean loss, learning rate, train and
     test accuracy). ``scheduler`` is stepped after every optimizer step; ``checkpoint`` (a file
     path) makes training resumable, see the module docstring."""
-    end_of_epoch = getattr(defense, "end_of_epoch", None)
-    rows: list[dict] = []
-    first_epoch, stopped = 1, False
+    state = _TrainingState(model, defense, optimizer, scheduler, generator)
     if checkpoint is not None and Path(checkpoint).exists():
-        state = load_checkpoint(Path(checkpoint))
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if hasattr(defense, "load_state_dict"):
-            defense.load_state_dict(state["defense"])
-        restore_random_states(state["random"], generator)
-        rows, first_epoch, stopped = list(state["history"]), state["epoch"] + 1, state["stopped"]
-        log.info("resuming training after epoch %d of %d from %s", state["epoch"], epochs, checkpoint)
-    n = len(x_train)
-    starts = batch_starts(n, batch_size, model)
-    steps = len(starts)
+        state.resume(checkpoint, epochs)
+    starts = batch_starts(len(x_train), batch_size, model)
     with progress_bar() as bar:
-        task = bar.add_task("training", total=epochs * steps, completed=(first_epoch - 1) * steps)
-        for epoch in range(first_epoch, epochs + 1):
-            if stopped:
-                break
+        task = bar.add_task("training", total=epochs * len(starts), completed=state.epoch * len(starts))
+        while state.epoch < epochs and not state.stopped:
             start = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            model.train()
-            order = torch.randperm(n, generator=generator).to(x_train.device)
-            total, count = 0.0, 0
-            for j, i in enumerate(starts):
-                index = order[i : starts[j + 1] if j + 1 < len(starts) else n]
-                loss = defense.loss(model, x_train[index], y_train[index])
-                if not torch.isfinite(loss):
-                    raise NonFiniteLoss(f"training loss became {loss.item()} in epoch {epoch}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-                total += loss.item() * len(index)
-                count += len(index)
-                bar.advance(task)
-            stopped = end_of_epoch is not None and end_of_epoch(model, epoch) == "stop"
-            row = {
-                "epoch": epoch,
-                "loss": total / count,
-                "lr": lr,
-                "train_accuracy": accuracy(model, x_train, y_train),
-                "test_accuracy": accuracy(model, x_test, y_test),
-                "time_s": time.perf_counter() - start,
-            }
-            rows.append(row)
+            loss = _train_epoch(state, x_train, y_train, starts, advance=lambda: bar.advance(task))
+            state.end_epoch()
+            state.rows.append({
+                "epoch": state.epoch, "loss": loss, "lr": lr, "train_accuracy": accuracy(model, x_train, y_train),
+                "test_accuracy": accuracy(model, x_test, y_test), "time_s": time.perf_counter() - start,
+            })
             if checkpoint is not None:
-                io.save_torch(checkpoint, {
-                    "format": CHECKPOINT_FORMAT, "epoch": epoch, "stopped": stopped, "history": rows,
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                    "defense": defense.state_dict() if hasattr(defense, "state_dict") else {},
-                    "random": random_states(generator),
-                })
-            bar.update(task, description=f"training (epoch {epoch}/{epochs}, loss {row['loss']:.4f})")
-            log.info(
-                "epoch %d/%d  loss %.4f  train acc %.2f%%  test acc %.2f%%",
-                epoch, epochs, row["loss"], 100 * row["train_accuracy"], 100 * row["test_accuracy"],
-            )
-            if stopped:
-                log.info("training stopped after epoch %d of %d at the defense's request", epoch, epochs)
+                io.save_torch(checkpoint, state.checkpoint())
+            row = state.rows[-1]
+            bar.update(task, description=f"training (epoch {state.epoch}/{epochs}, loss {row['loss']:.4f})")
+            log.info("epoch %d/%d  loss %.4f  train acc %.2f%%  test acc %.2f%%", state.epoch, epochs, row["loss"],
+                     100 * row["train_accuracy"], 100 * row["test_accuracy"])
+            if state.stopped:
+                log.info("training stopped after epoch %d of %d at the defense's request", state.epoch, epochs)
     model.eval()
-    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+    return pd.DataFrame(state.rows, columns=HISTORY_COLUMNS)
+
+
+class _TrainingState:
+    """What a checkpoint saves and a resumed run restores: the model, the optimizer, the schedule,
+    the defense's own state, the random streams, the epochs done and their history."""
+
+    def __init__(self, model, defense, optimizer, scheduler, generator):
+        self.model, self.defense, self.optimizer, self.scheduler = model, defense, optimizer, scheduler
+        self.generator = generator
+        self.rows: list[dict] = []
+        self.epoch, self.stopped = 0, False
+
+    def resume(self, path: Path, epochs: int) -> None:
+        state = load_checkpoint(Path(path))
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if hasattr(self.defense, "load_state_dict"):
+            self.defense.load_state_dict(state["defense"])
+        restore_random_states(state["random"], self.generator)
+        self.rows, self.epoch, self.stopped = list(state["history"]), state["epoch"], state["stopped"]
+        log.info("resuming training after epoch %d of %d from %s", state["epoch"], epochs, path)
+
+    def end_epoch(self) -> None:
+        """Count the epoch just trained; the defense may ask to stop (``end_of_epoch``)."""
+        self.epoch += 1
+        end_of_epoch = getattr(self.defense, "end_of_epoch", None)
+        self.stopped = end_of_epoch is not None and end_of_epoch(self.model, self.epoch) == "stop"
+
+    def checkpoint(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT, "epoch": self.epoch, "stopped": self.stopped, "history": self.rows,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "defense": self.defense.state_dict() if hasattr(self.defense, "state_dict") else {},
+            "random": random_states(self.generator),
+        }
+
+
+def _train_epoch(state: _TrainingState, x_train: torch.Tensor, y_train: torch.Tensor, starts: list[int],
+                 advance) -> float:
+    """One pass over the training set in a random order; the mean training loss."""
+    model, optimizer, scheduler = state.model, state.optimizer, state.scheduler
+    n = len(x_train)
+    model.train()
+    order = torch.randperm(n, generator=state.generator).to(x_train.device)
+    total, count = 0.0, 0
+    for j, i in enumerate(starts):
+        index = order[i : starts[j + 1] if j + 1 < len(starts) else n]
+        loss = state.defense.loss(model, x_train[index], y_train[index])
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"training loss became {loss.item()} in epoch {state.epoch + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += loss.item() * len(index)
+        count += len(index)
+        advance()
+    return total / count
