@@ -14,6 +14,7 @@ by :func:`table`, :func:`link` and :func:`figure`.
 from __future__ import annotations
 
 import base64
+import io
 import os
 from collections.abc import Sequence
 from functools import cache
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from PIL import Image
 
 FORMATS = ("md", "html")
 
@@ -61,9 +63,12 @@ def figure(path: Path, caption: str, folder: Path) -> dict[str, Any]:
 
 
 def _embedded(path: Path) -> dict[str, Any]:
-    """The PNG file ``path`` as a ``data:`` URI, and its width in pixels (from its IHDR chunk; 0 if it is no PNG)."""
+    """The PNG file ``path`` as a ``data:`` URI, and its width in pixels (0 if it is no image)."""
     data = Path(path).read_bytes()
-    width = int.from_bytes(data[16:20], "big") if data[:8] == b"\x89PNG\r\n\x1a\n" else 0
+    try:
+        width = Image.open(io.BytesIO(data)).width  # reads the header only
+    except OSError:  # PIL's UnidentifiedImageError included
+        width = 0
     return {"src": "data:image/png;base64," + base64.b64encode(data).decode("ascii"), "width": width}
 
 
