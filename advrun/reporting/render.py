@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 from PIL import Image
 
 FORMATS = ("md", "html")
@@ -41,16 +42,16 @@ def _is_number(text: str) -> bool:
 
 
 def _numeric(rows: list[list[Any]], index: int) -> bool:
-    values = [str(row[index]) for row in rows if index < len(row) and not isinstance(row[index], dict)]
+    values = [row[index] for row in rows if index < len(row) and isinstance(row[index], str)]
     values = [v for v in values if v not in ("", "-")]
     return bool(values) and all(_is_number(v) for v in values)
 
 
 def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], kinds: Sequence[str | None] = (),
           caption: str = "") -> dict[str, Any]:
-    """A table: rows of cells (strings, or :func:`link`); ``kinds`` (``warn``, ``failed``, ``pass``, ...)
+    """A table: rows of cells (text, or :func:`link`); ``kinds`` (``warn``, ``failed``, ``pass``, ...)
     highlight rows in HTML and make the first cell bold in Markdown; columns of numbers align right."""
-    rows = [list(row) for row in rows]
+    rows = [[cell if isinstance(cell, dict) else str(cell) for cell in row] for row in rows]
     kinds = list(kinds) + [None] * (len(rows) - len(kinds))
     return {"columns": list(columns), "rows": [{"cells": row, "kind": kind} for row, kind in zip(rows, kinds)],
             "numeric": [_numeric(rows, i) for i in range(len(columns))], "caption": caption}
@@ -69,7 +70,8 @@ def _embedded(path: Path) -> dict[str, Any]:
         width = Image.open(io.BytesIO(data)).width  # reads the header only
     except OSError:  # PIL's UnidentifiedImageError included
         width = 0
-    return {"src": "data:image/png;base64," + base64.b64encode(data).decode("ascii"), "width": width}
+    uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    return {"src": markupsafe.Markup(uri), "width": width}  # base64 holds nothing to escape
 
 
 def _md_text(text: Any) -> str:
@@ -82,6 +84,14 @@ def _md_cell(cell: Any) -> str:
     return _md_text(" ".join(str(cell).split())).replace("|", "\\|")
 
 
+def _md_row(cells: Sequence[Any], bold: bool = False) -> str:
+    """A Markdown table row; ``bold``: its first cell in bold."""
+    texts = [_md_cell(cell) for cell in cells]
+    if bold and texts:
+        texts[0] = f"**{texts[0]}**"
+    return "| " + " | ".join(texts) + " |"
+
+
 @cache
 def environment(fmt: str) -> jinja2.Environment:
     """The Jinja2 environment of the format ``fmt`` (``md`` or ``html``)."""
@@ -91,7 +101,7 @@ def environment(fmt: str) -> jinja2.Environment:
                                   jinja2.PackageLoader("advrun.reporting", "templates")])
     env = jinja2.Environment(loader=loader, autoescape=fmt == "html", trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
-    env.filters.update(md=_md_text, md_cell=_md_cell, embedded=_embedded)
+    env.filters.update(md=_md_text, md_row=_md_row, embedded=_embedded)
     return env
 
 
