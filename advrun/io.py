@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,19 +33,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     nothing under ``path``, and is raised as :class:`~advrun.errors.OutputError` naming ``path``.
     """
     path = Path(path)
-    tmp: str | None = None
+    tmp: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        yield Path(tmp)
+        name = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+        name.touch(mode=0o666, exist_ok=False)  # a new file (O_EXCL), its mode from the umask as open() makes it
+        tmp = name
+        yield tmp
         os.replace(tmp, path)
     except BaseException as e:
         if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
         reason = _write_failure(e)
         if reason is not None:
             raise OutputError(str(path), f"cannot be written ({reason}); free some space or choose "

@@ -11,6 +11,7 @@ import json
 import os
 import resource
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,25 @@ def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path
     assert info.value.key == str(target) and "No space left on device" in info.value.message
     assert json.loads(target.read_text()) == {"clean_accuracy": 0.9}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes and the umask are POSIX")
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_a_written_file_has_the_mode_of_a_plain_open_and_the_umask_is_left_alone(tmp_path, monkeypatch, umask):
+    def no_umask(mask):
+        raise AssertionError("the process umask was changed")
+
+    previous = os.umask(umask)
+    try:
+        (tmp_path / "plain.json").write_text("{}")
+        monkeypatch.setattr(os, "umask", no_umask)
+        io.write_json(tmp_path / "atomic.json", {})
+        io.write_json(tmp_path / "plain.json", {})  # replacing a file
+    finally:
+        monkeypatch.undo()
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"plain.json": 0o666 & ~umask, "atomic.json": 0o666 & ~umask}
 
 
 def test_torch_save_failing_part_way_is_an_output_error(tmp_path, monkeypatch):

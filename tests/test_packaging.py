@@ -24,11 +24,14 @@ def wheel(tmp_path_factory) -> Path:
     return found
 
 
-def test_wheel_ships_the_configs_inside_the_package(wheel):
+def test_wheel_ships_the_configs_and_the_report_templates_inside_the_package(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     for name in ("advrun/conf/config.yaml", "advrun/conf/attack/pgd.yaml", "advrun/conf/dataset/digits.yaml",
                  "advrun/conf/hydra/help/advrun.yaml", "advrun/cli.py"):
         assert name in names, name
+    templates = REPO / "advrun" / "reporting" / "templates"
+    shipped = sorted(p.relative_to(REPO).as_posix() for p in templates.rglob("*") if p.is_file())
+    assert len(shipped) >= 8 and not set(shipped) - set(names), set(shipped) - set(names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "advrun = advrun.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
@@ -56,3 +59,11 @@ def test_installed_wheel_composes_and_runs(wheel, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "advrun", "--cfg", "job", "model=cnn"], cwd=work, env=env,
                           capture_output=True, text=True)
     assert proc.returncode == 0 and "advrun.models.CNN" in proc.stdout, proc.stderr
+    run = work / "run"  # a run that has not finished: its report comes from the installed templates
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("dataset:\n  name: digits\n")
+    proc = subprocess.run([sys.executable, "-m", "advrun.reporting.cli", str(run)], cwd=work, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("report.md", "report.html"):
+        assert "This run has not finished" in (run / name).read_text()

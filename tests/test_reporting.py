@@ -27,7 +27,7 @@ from advrun.reporting import plots
 from advrun.reporting.gallery import amplification, attack_gallery, perturbation_image
 from advrun.reporting.linear import affine_weights, optimal_perturbation
 from advrun.reporting.regions import decision_grid
-from advrun.reporting.report import write_run_report
+from advrun.reporting.report import FIGURES, write_run_report
 from advrun.reporting.sweep import find_jobs, write_sweep_report
 from tests.conftest import REPO, TINY, run_inprocess
 
@@ -180,6 +180,41 @@ def test_the_report_of_a_failed_run_says_why_and_escapes_the_text(digits_run, tm
     interrupted = tmp_path / "interrupted"
     shutil.copytree(digits_run / ".hydra", interrupted / ".hydra")
     assert "has not finished" in write_run_report(interrupted)[1].read_text()
+
+
+def test_a_traceback_and_an_audit_that_warns_reach_both_reports(tmp_path):
+    folder = tmp_path / "run"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text("dataset:\n  name: digits\n")
+    (folder / "error.txt").write_text("RuntimeError: planted\n")
+    (folder / "traceback.txt").write_text("Traceback:\n  a ```fence``` and <tag>\nRuntimeError: planted\n")
+    checks = [{"name": "gradients", "status": "warn", "reason": "a | b\nc", "advice": "use square"},
+              {"name": "logits", "status": "pass", "reason": "ok", "advice": None}]
+    (folder / "audit.json").write_text(json.dumps(checks))
+    markdown, page = (path.read_text() for path in write_run_report(folder))
+    trace = markdown.split("## Traceback\n\n", 1)[1]
+    assert trace.startswith("````\nTraceback:\n  a ```fence``` and <tag>\nRuntimeError: planted\n````\n")  # code as it is
+    assert "1 passed, 1 warned, 0 not applicable." in markdown and "> **Warning:** Some checks warn" in markdown
+    table = markdown_table(markdown, "Evaluation audit")
+    assert table.to_dict("records") == [
+        {"check": "**gradients**", "status": "warn", "reason": "a \\| b c", "advice": "use square"},
+        {"check": "logits", "status": "pass", "reason": "ok", "advice": ""}]
+    assert "<pre><code>Traceback:\n  a ```fence``` and &lt;tag&gt;\nRuntimeError: planted\n</code></pre>" in page
+    assert '<div class="notice warn">Some checks warn' in page
+    assert '<tr class="warn"><td>gradients</td><td>warn</td><td>a | b\nc</td><td>use square</td></tr>' in page
+
+
+def test_small_figures_are_enlarged_and_others_shown_as_they_are(tmp_path):
+    folder = tmp_path / "run"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text("dataset:\n  name: digits\n")
+    for name, width in (("patch", 28), ("robustness_curve", 800), ("narrow", 199), ("wide", 200)):
+        Image.new("RGB", (width, 20), "white").save(folder / f"{name}.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    page = parse_html(write_run_report(folder)[1])
+    classes = {attrs["alt"]: attrs.get("class") for tag, attrs in page.tags if tag == "img"}
+    assert classes == {"The adversarial patch the attack trained.": "small", "narrow": "small", "broken": "small",
+                       "wide": None, FIGURES["robustness_curve"]: None}
 
 
 def test_linear_model_pictures_for_logreg_and_regions_for_moons(logreg_run, moons_run):

@@ -18,8 +18,8 @@ import pandas as pd
 
 from advrun import io
 from advrun.errors import AdvrunError
-from advrun.reporting.document import Block, Code, Figure, Heading, Notice, Paragraph, Table, to_html, to_markdown
-from advrun.runfolder import FAILED, INCOMPLETE, OK, RunFolder
+from advrun.reporting.render import figure, render, table
+from advrun.runfolder import FAILED, OK, RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,6 @@ FIGURES = {
                       "where the defense measured it.",
     "patch": "The adversarial patch the attack trained.",
 }
-
-DENOMINATORS = (
-    "Three accuracies, three denominators. Clean accuracy: correctly classified clean samples / all N evaluated "
-    "samples. Robust accuracy: samples classified correctly both clean and under attack / all N. Success rate: "
-    "initially correct samples the attack fooled / initially correct samples (targeted attacks: those not already "
-    "of the target class). Norms: of the successful perturbations."
-)
 
 
 def _missing(value: Any) -> bool:
@@ -80,7 +73,7 @@ def run_title(path: Path, config: dict) -> str:
             f"defense {_target(config, 'defense')}")
 
 
-def _headline(metrics: dict) -> Table:
+def _headline(metrics: dict) -> dict:
     n = metrics.get("n_eval")
     rows = [["clean accuracy", pct(metrics.get("clean_accuracy")), f"correct clean predictions / all {n} samples"]]
     if metrics.get("attack"):
@@ -95,7 +88,7 @@ def _headline(metrics: dict) -> Table:
             rows.append([f"certified accuracy{budget}", pct(metrics["certified_accuracy"]),
                          f"proven robust / all {n} samples (a lower bound on robust accuracy)"])
     rows.append(["samples", f"{metrics.get('n_train')} training, {metrics.get('n_test')} test, {n} evaluated", ""])
-    return Table(["result", "value", "denominator"], rows)
+    return table(["result", "value", "denominator"], rows)
 
 
 def with_times(curve: pd.DataFrame, metrics: dict | None) -> pd.DataFrame:
@@ -112,7 +105,7 @@ def with_times(curve: pd.DataFrame, metrics: dict | None) -> pd.DataFrame:
     return curve.merge(timed[keys + ["time_s"]].drop_duplicates(keys), on=keys, how="left")
 
 
-def curve_table(curve: pd.DataFrame) -> Table:
+def curve_table(curve: pd.DataFrame) -> dict:
     """``curve.csv`` as a table: one row per (attack, epsilon), counts beside the rates."""
     quantiles = [c for c in curve.columns if c.startswith("norm_q") and curve[c].notna().any()]
     targeted = "target" in curve.columns and curve["target"].notna().any()
@@ -138,11 +131,12 @@ def curve_table(curve: pd.DataFrame) -> Table:
                     "eps (a lower bound on robust accuracy); their median norm is the median proven radius.")
     if quantiles:
         caption += " norm_qN: quantiles of all minimal norms the attack found."
-    return Table(columns, rows, caption=caption)
+    return table(columns, rows, caption=caption)
 
 
-def audit_table(checks: list) -> tuple[Table, str]:
-    """``audit.json`` (a list of ``{name, status, reason, advice}``) as a table, warnings highlighted."""
+def audit_table(checks: list) -> dict:
+    """``audit.json`` (a list of ``{name, status, reason, advice}``): ``table``, warnings highlighted, and
+    ``counts`` of the checks that passed, warned and did not apply (``pass``, ``warn``, ``n/a``)."""
     rows, kinds = [], []
     for check in checks:
         if not isinstance(check, dict):
@@ -151,11 +145,10 @@ def audit_table(checks: list) -> tuple[Table, str]:
         rows.append([str(check.get("name", "?")), status, str(check.get("reason", "")), str(check.get("advice") or "")])
         kinds.append({"warn": "warn", "pass": "pass"}.get(status))
     counts = {s: sum(1 for r in rows if r[1] == s) for s in ("pass", "warn", "n/a")}
-    summary = f"{counts['pass']} passed, {counts['warn']} warned, {counts['n/a']} not applicable."
-    return Table(["check", "status", "reason", "advice"], rows, kinds), summary
+    return {"table": table(["check", "status", "reason", "advice"], rows, kinds), "counts": counts}
 
 
-def _environment(metrics: dict) -> Table:
+def _environment(metrics: dict) -> dict:
     rows = [["device", str(metrics.get("device"))], ["seed", str(metrics.get("seed"))],
             ["git commit", str(metrics.get("git_commit") or "- (not run from a checkout)")]]
     if "deterministic" in metrics:
@@ -168,68 +161,42 @@ def _environment(metrics: dict) -> Table:
     for name, seconds in (metrics.get("timings") or {}).items():
         if isinstance(seconds, (int, float)):  # per-row times of the curve are in its table
             rows.append([f"time: {name.removesuffix('_s')}", f"{seconds:.2f}s"])
-    return Table(["", "value"], rows)
+    return table(["", "value"], rows)
 
 
-def _training_table(history: pd.DataFrame) -> Table:
+def _training_table(history: pd.DataFrame) -> dict:
     columns = [c for c in history.columns if c != "time_s"]
     rows = []
     for record in history.to_dict("records"):
         rows.append([pct(record[c]) if "accuracy" in c else num(record[c]) for c in columns])
-    return Table([c.replace("_", " ") for c in columns], rows)
+    return table([c.replace("_", " ") for c in columns], rows)
 
 
-def figures(folder: RunFolder) -> list[Figure]:
+def figures(folder: RunFolder) -> list[dict]:
     """The PNG figures of a run folder with their captions, in report order."""
-    return [Figure(p, FIGURES.get(p.stem, p.stem.replace("_", " "))) for p in folder.figures()]
+    return [figure(p, FIGURES.get(p.stem, p.stem.replace("_", " ")), folder.path) for p in folder.figures()]
 
 
-def run_document(path: str | Path) -> tuple[str, list[Block]]:
-    """The title and blocks of the report of the run folder ``path`` (see the module docstring)."""
+def run_context(path: str | Path) -> dict[str, Any]:
+    """What the report of the run folder ``path`` shows (see the module docstring), for ``run.j2``."""
     folder = RunFolder(path)
     status = folder.status()
-    blocks: list[Block] = [Paragraph(f"Run folder: {folder.path.resolve()}")]
-    if status == FAILED:
-        blocks.append(Notice(f"This run failed: {folder.error()}"))
-        traceback = folder.traceback()
-        if traceback is not None:
-            blocks += [Heading("Traceback"), Code(traceback)]
-    elif status == INCOMPLETE:
-        blocks.append(Notice("This run has not finished: its folder holds neither metrics.json nor error.txt "
-                             "(it is still running, or it was interrupted).", "warn"))
     metrics = _metrics(folder) if status == OK else None
-    if metrics:
-        blocks += [Heading("Results"), _headline(metrics)]
     curve = folder.curve()
-    if curve is not None and len(curve):
-        curve = with_times(curve, metrics)
-        blocks += [Heading("Robustness curve"), Paragraph(DENOMINATORS), curve_table(curve)]
     checks = folder.audit()
-    if checks is not None:
-        table, summary = audit_table(checks)
-        blocks += [Heading("Evaluation audit"), Paragraph(
-            "Checks of the evaluation after Carlini et al. 2019 (\"On evaluating adversarial robustness\") and "
-            "AutoAttack's automatic checks: " + summary)]
-        if any(kind == "warn" for kind in table.row_kinds):
-            blocks.append(Notice("Some checks warn: the robust accuracy above may overestimate the model's true "
-                                 "robustness. See the advice column.", "warn"))
-        blocks.append(table)
-    found = figures(folder)
-    if found:
-        blocks += [Heading("Figures"), *found]
     history = folder.history()
-    if history is not None and len(history):
-        blocks += [Heading("Training"), _training_table(history)]
-    overrides = folder.overrides()
-    blocks += [Heading("Configuration"),
-               Paragraph("Command-line overrides: " + (" ".join(overrides) if overrides else "none") + ". "
-                         "The config the run composed from them (.hydra/config.yaml), interpolations as written:"),
-               Code(folder.config_text() or "(no .hydra/config.yaml in this folder)", "yaml")]
-    if metrics:
-        blocks += [Heading("Environment"), _environment(metrics)]
-    blocks += [Heading("Files"), Table(["file", "size"], [[p.name, f"{p.stat().st_size:,} bytes"]
-                                                          for p in folder.files()])]
-    return run_title(folder.path, folder.config()), blocks
+    return {
+        "title": run_title(folder.path, folder.config()), "folder": str(folder.path.resolve()), "status": status,
+        "error": folder.error() if status == FAILED else None,
+        "traceback": folder.traceback() if status == FAILED else None,
+        "headline": _headline(metrics) if metrics else None,
+        "curve": curve_table(with_times(curve, metrics)) if curve is not None and len(curve) else None,
+        "audit": audit_table(checks) if checks is not None else None, "figures": figures(folder),
+        "training": _training_table(history) if history is not None and len(history) else None,
+        "overrides": folder.overrides(), "config": folder.config_text(),
+        "environment": _environment(metrics) if metrics else None,
+        "files": table(["file", "size"], [[p.name, f"{p.stat().st_size:,} bytes"] for p in folder.files()]),
+    }
 
 
 def _metrics(folder: RunFolder) -> dict | None:
@@ -244,9 +211,8 @@ def _metrics(folder: RunFolder) -> dict | None:
 
 def write_run_report(path: str | Path) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` into the run folder ``path``; return their paths."""
-    path = Path(path)
-    title, blocks = run_document(path)
+    context = run_context(path)
     markdown, page = RunFolder(path).reports
-    io.write_text(markdown, to_markdown(title, blocks, path))
-    io.write_text(page, to_html(title, blocks))
+    io.write_text(markdown, render("run.j2", "md", **context))
+    io.write_text(page, render("run.j2", "html", **context))
     return markdown, page

@@ -24,8 +24,8 @@ import pandas as pd
 from advrun import io
 from advrun.reporting import plots
 from advrun.errors import AdvrunError
-from advrun.reporting.document import Block, Figure, Heading, Link, Notice, Paragraph, Table, to_html, to_markdown
-from advrun.reporting.report import DENOMINATORS, num, pct
+from advrun.reporting.render import figure, link, render, table
+from advrun.reporting.report import num, pct
 from advrun.runfolder import FAILED, OK, RunFolder, SweepFolder
 
 log = logging.getLogger(__name__)
@@ -119,8 +119,8 @@ def _cell(column: str, value: Any) -> str:
     return num(value)
 
 
-def summary_table(frame: pd.DataFrame, root: Path, report: str) -> Table:
-    """The summary as a document table: varying overrides, main metrics, status and error per job;
+def summary_table(frame: pd.DataFrame, root: Path, report: str) -> dict:
+    """The summary as a report's table: varying overrides, main metrics, status and error per job;
     the job cell links to the job's ``report`` (``report.md`` or ``report.html``) where it exists."""
     varying, common = varying_overrides(frame)
     if not varying and len(frame) == 1:
@@ -131,12 +131,12 @@ def summary_table(frame: pd.DataFrame, root: Path, report: str) -> Table:
     rows, kinds = [], []
     for record in frame.to_dict("records"):
         job = str(record["job"])
-        cell = Link(job, quote(f"{job}/{report}")) if (root / job / report).is_file() else job
+        cell = link(job, quote(f"{job}/{report}")) if (root / job / report).is_file() else job
         rows.append([cell, str(record["status"]), *[str(record[c]) if isinstance(record[c], str) else "-"
                                                     for c in varying],
                      *[_cell(c, record.get(c)) for c in metrics], _cell("error", record.get("error"))])
         kinds.append(str(record["status"]))
-    return Table(columns, rows, kinds)
+    return table(columns, rows, kinds)
 
 
 def combined_curves(frame: pd.DataFrame, root: Path) -> list[tuple[str, pd.DataFrame]]:
@@ -150,24 +150,17 @@ def combined_curves(frame: pd.DataFrame, root: Path) -> list[tuple[str, pd.DataF
     return curves
 
 
-def sweep_document(root: Path, frame: pd.DataFrame, report: str, figure: Path | None) -> tuple[str, list[Block]]:
+def sweep_context(root: Path, frame: pd.DataFrame, report: str, picture: Path | None) -> dict[str, Any]:
+    """What the summary shows, for ``sweep.j2``: job cells link each job's ``report`` (``report.md`` or
+    ``report.html``); ``picture`` is the PNG of the combined curves, if any."""
     counts = {s: int((frame["status"] == s).sum()) for s in ("ok", "failed", "incomplete")}
-    blocks: list[Block] = [Paragraph(
-        f"Sweep folder: {root.resolve()}. {len(frame)} jobs: {counts['ok']} finished, {counts['failed']} failed, "
-        f"{counts['incomplete']} incomplete (neither metrics.json nor error.txt: still running or interrupted).")]
-    if counts["failed"]:
-        blocks.append(Notice(f"{counts['failed']} of {len(frame)} jobs failed; their errors are in the last column "
-                             "and in error.txt in their folders."))
     _, common = varying_overrides(frame)
-    blocks += [Heading("Jobs"), summary_table(frame, root, report),
-               Paragraph("Overrides common to all jobs: "
-                         + (" ".join(f"{k}={v}" for k, v in common.items()) if common else "none") + "."),
-               Paragraph(DENOMINATORS + " Accuracies are at each job's headline budget eps.")]
-    if figure is not None:
-        blocks += [Heading("Robustness curves"), Figure(figure, (
-            "Robust accuracy against epsilon, one line per finished job (certified accuracy, a lower bound, "
-            "dashed where the job certified its model)."))]
-    return f"advrun sweep: {root.name}", blocks
+    caption = ("Robust accuracy against epsilon, one line per finished job (certified accuracy, a lower bound, "
+               "dashed where the job certified its model).")
+    return {"title": f"advrun sweep: {root.name}", "folder": str(root.resolve()),
+            "counts": {**counts, "total": len(frame)}, "jobs": summary_table(frame, root, report),
+            "common": [f"{k}={v}" for k, v in common.items()],
+            "figure": figure(picture, caption, root) if picture is not None else None}
 
 
 def write_sweep_report(root: str | Path, *, rebuild_jobs: bool = False) -> pd.DataFrame:
@@ -183,18 +176,16 @@ def write_sweep_report(root: str | Path, *, rebuild_jobs: bool = False) -> pd.Da
             write_run_report(job.path)
     frame = sweep_summary(root)
     io.write_csv(sweep.file(sweep.SUMMARY_CSV), frame)
-    figure = None
+    picture = None
     curves = combined_curves(frame, root) if len(frame) else []
     curves_stem = sweep.file(sweep.CURVES)
     if curves:
-        figure = plots.save(plots.plot_combined_curves(curves, f"sweep {root.name}: every finished job"), curves_stem)[0]
+        picture = plots.save(plots.plot_combined_curves(curves, f"sweep {root.name}: every finished job"), curves_stem)[0]
     else:  # no finished job with a curve (yet): no figure, not an old one
         for fmt in plots.FORMATS:
             curves_stem.with_name(f"{curves_stem.name}.{fmt}").unlink(missing_ok=True)
     markdown, page = RunFolder.REPORTS
-    title, blocks = sweep_document(root, frame, markdown, figure)
-    io.write_text(sweep.file(sweep.SUMMARY_MD), to_markdown(title, blocks, root))
-    title, blocks = sweep_document(root, frame, page, figure)
-    io.write_text(sweep.file(sweep.REPORT), to_html(title, blocks))
+    for fmt, file, report in (("md", sweep.SUMMARY_MD, markdown), ("html", sweep.REPORT, page)):
+        io.write_text(sweep.file(file), render("sweep.j2", fmt, **sweep_context(root, frame, report, picture)))
     log.info("sweep summary of %d jobs in %s", len(frame), root)
     return frame
