@@ -19,7 +19,7 @@ import pandas as pd
 from advrun import io
 from advrun.errors import AdvrunError
 from advrun.reporting.render import figure, render, table
-from advrun.runfolder import FAILED, OK, RunFolder
+from advrun.runfolder import FAILED, OK, Metrics, RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -73,27 +73,27 @@ def run_title(path: Path, config: dict) -> str:
             f"defense {_target(config, 'defense')}")
 
 
-def _headline(metrics: dict) -> dict:
-    n = metrics.get("n_eval")
-    rows = [["clean accuracy", pct(metrics.get("clean_accuracy")), f"correct clean predictions / all {n} samples"]]
-    if metrics.get("attack"):
-        budget = "" if metrics.get("eps") is None else f" at eps {num(metrics.get('eps'))}"
-        label = f"{metrics['attack']} ({metrics.get('norm')}){budget}"
+def _headline(metrics: Metrics) -> dict:
+    n = metrics.n_eval
+    rows = [["clean accuracy", pct(metrics.clean_accuracy), f"correct clean predictions / all {n} samples"]]
+    if metrics.attack:
+        budget = "" if metrics.eps is None else f" at eps {num(metrics.eps)}"
+        label = f"{metrics.attack} ({metrics.norm}){budget}"
         rows += [
-            [f"robust accuracy, {label}", pct(metrics.get("robust_accuracy")),
+            [f"robust accuracy, {label}", pct(metrics.robust_accuracy),
              f"correct both clean and under attack / all {n} samples"],
-            [f"success rate, {label}", pct(metrics.get("success_rate")), "fooled / initially correct samples"],
+            [f"success rate, {label}", pct(metrics.success_rate), "fooled / initially correct samples"],
         ]
-        if "certified_accuracy" in metrics:
-            rows.append([f"certified accuracy{budget}", pct(metrics["certified_accuracy"]),
+        if metrics.certified_accuracy is not None:
+            rows.append([f"certified accuracy{budget}", pct(metrics.certified_accuracy),
                          f"proven robust / all {n} samples (a lower bound on robust accuracy)"])
-    rows.append(["samples", f"{metrics.get('n_train')} training, {metrics.get('n_test')} test, {n} evaluated", ""])
+    rows.append(["samples", f"{metrics.n_train} training, {metrics.n_test} test, {n} evaluated", ""])
     return table(["result", "value", "denominator"], rows)
 
 
-def with_times(curve: pd.DataFrame, metrics: dict | None) -> pd.DataFrame:
-    """``curve`` with its ``time_s`` column, from ``metrics.json``'s ``timings.curve`` where the CSV has none."""
-    times = ((metrics or {}).get("timings") or {}).get("curve")
+def with_times(curve: pd.DataFrame, metrics: Metrics | None) -> pd.DataFrame:
+    """``curve`` with its ``time_s`` column, from the metrics' ``timings.curve`` where the CSV has none."""
+    times = metrics.timings.get("curve") if metrics is not None and isinstance(metrics.timings, dict) else None
     if "time_s" in curve.columns or not isinstance(times, list) or not times:
         return curve
     keys = ["attack", "norm", "eps"]
@@ -148,17 +148,15 @@ def audit_table(checks: list) -> dict:
     return {"table": table(["check", "status", "reason", "advice"], rows, kinds), "counts": counts}
 
 
-def _environment(metrics: dict) -> dict:
-    rows = [["device", str(metrics.get("device"))], ["seed", str(metrics.get("seed"))],
-            ["git commit", str(metrics.get("git_commit") or "- (not run from a checkout)")]]
-    if "deterministic" in metrics:
-        rows.append(["deterministic algorithms", str(metrics["deterministic"])])
-    training = metrics.get("training")
-    if isinstance(training, dict):
-        rows.append(["model", ", ".join(f"{k}: {v}" for k, v in training.items())])
-    for name, version in (metrics.get("versions") or {}).items():
+def _environment(metrics: Metrics) -> dict:
+    rows = [["device", str(metrics.device)], ["seed", str(metrics.seed)],
+            ["git commit", str(metrics.git_commit or "- (not run from a checkout)")],
+            ["deterministic algorithms", str(metrics.deterministic)]]
+    if isinstance(metrics.training, dict) and metrics.training:
+        rows.append(["model", ", ".join(f"{k}: {v}" for k, v in metrics.training.items())])
+    for name, version in (metrics.versions or {}).items():
         rows.append([name, str(version or "-")])
-    for name, seconds in (metrics.get("timings") or {}).items():
+    for name, seconds in (metrics.timings or {}).items():
         if isinstance(seconds, (int, float)):  # per-row times of the curve are in its table
             rows.append([f"time: {name.removesuffix('_s')}", f"{seconds:.2f}s"])
     return table(["", "value"], rows)
@@ -199,14 +197,13 @@ def run_context(path: str | Path) -> dict[str, Any]:
     }
 
 
-def _metrics(folder: RunFolder) -> dict | None:
-    """The run's metrics as a record, None (with a warning) when they cannot be read."""
+def _metrics(folder: RunFolder) -> Metrics | None:
+    """The run's metrics, None (with a warning) when they cannot be read."""
     try:
-        metrics = folder.metrics()
+        return folder.metrics()
     except AdvrunError as e:
         log.warning("%s", e)
         return None
-    return None if metrics is None else metrics.to_json()
 
 
 def write_run_report(path: str | Path) -> tuple[Path, Path]:
