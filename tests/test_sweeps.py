@@ -58,9 +58,9 @@ def test_folder_overrides_read_back_by_hydra(path):
     """The override a moved folder is handed to the jobs with parses back to the same path."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from advrun.sweep import _quoted
+    from advrun.sweep import quoted
 
-    assert OverridesParser.create().parse_override(f"hydra.sweep.dir={_quoted(path)}").value() == path
+    assert OverridesParser.create().parse_override(f"hydra.sweep.dir={quoted(path)}").value() == path
 
 
 def test_basic_launcher_one_failing_job_does_not_stop_the_others(tmp_path):
@@ -196,7 +196,8 @@ def test_two_runs_started_together_never_share_a_folder(tmp_path):
     proc = run_inprocess(*NO_ATTACK, "seed=5", f"hydra.run.dir={taken}")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"advrun: error: hydra.run.dir: {taken} already holds a run; choose another output folder"]
+        (f"advrun: error: hydra.run.dir: {taken} already holds a finished run, which advrun never overwrites; "
+         "choose another output folder")]
     assert ((taken / "metrics.json").stat().st_mtime_ns, (taken / ".hydra" / "config.yaml").read_text()) == before
     assert not (taken / "error.txt").exists()
 
