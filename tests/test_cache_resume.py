@@ -118,31 +118,71 @@ def test_an_interrupted_run_resumes_and_ends_as_if_never_interrupted(make_cfg, t
     assert not checkpoint.exists()
 
 
-def test_a_killed_process_resumes_from_its_last_checkpoint(tmp_path):
-    """SIGKILL in the middle of training, then the same command again: same final results as a run
-    that was never interrupted."""
-    args = ["device=cpu", "attack=fgsm", "dataset.n_train=300", "train.epochs=150", "model.hidden=[32]",
-            "eval.n_samples=50"]
-    env = {"ADVRUN_CACHE_DIR": str(tmp_path / "cache")}
-    job = subprocess.Popen([sys.executable, "-m", "advrun", *args, f"hydra.run.dir={tmp_path / 'killed'}"],
-                           cwd=tmp_path, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list((tmp_path / "cache").glob("*/checkpoint.pt")):
-        time.sleep(0.05)
-    job.send_signal(signal.SIGKILL)
-    job.wait(timeout=30)
-    assert list((tmp_path / "cache").glob("*/checkpoint.pt")), "the run finished before it could be killed"
-    assert not (tmp_path / "killed" / "metrics.json").exists()
+#: A run whose training (60 short epochs) lasts long enough to be stopped at a known epoch.
+KILLED = ["device=cpu", "attack=fgsm", "dataset.n_train=300", "train.epochs=60", "model.hidden=[32]",
+          "eval.n_samples=50", "eval.audit=false", "report=false"]
 
-    again = run_cli(*args, "hydra.run.dir=again", cwd=tmp_path, env=env)
+
+def start(*args: str, cwd, env: dict) -> subprocess.Popen:
+    full_env = {k: v for k, v in os.environ.items() if k not in ("ADVRUN_DEBUG", "HYDRA_FULL_ERROR")}
+    return subprocess.Popen([sys.executable, "-m", "advrun", *args], cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**full_env, "PYTHONUNBUFFERED": "1", **env})
+
+
+def stop_after_epoch(job: subprocess.Popen, epoch: int, sig: int, times: int = 1) -> str:
+    """Send ``sig`` to ``job`` once its log has reported the end of ``epoch`` ``times`` times; its
+    standard error."""
+    seen, lines = 0, []
+    for line in job.stderr:
+        lines.append(line)
+        if f"epoch {epoch}/" in line:
+            seen += 1
+            if seen == times:
+                job.send_signal(sig)
+                break
+    rest = job.communicate(timeout=120)[1]
+    assert seen == times, "".join(lines) + rest
+    return "".join(lines) + rest
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """metrics.json and curve.csv of the run that is interrupted below, run without interruption."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    proc = run_cli(*KILLED, "cache.enabled=false", "hydra.run.dir=run", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads((root / "run" / "metrics.json").read_text()), (root / "run" / "curve.csv").read_bytes()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+@pytest.mark.parametrize("cached", [True, False], ids=["cache", "no-cache"])
+def test_a_run_stopped_at_an_epoch_resumes_there_with_the_same_command(tmp_path, uninterrupted, sig, cached):
+    """A real process stopped after epoch 5 of 60 (SIGKILL, or SIGINT as Ctrl-C sends it), then the
+    same command again: training goes on after the epoch the checkpoint holds, in the same run
+    folder, and the results equal those of a run that was never stopped."""
+    args = [*KILLED, f"cache.enabled={cached}", "hydra.run.dir=run"]
+    env = {"ADVRUN_CACHE_DIR": str(tmp_path / "cache")}
+    err = stop_after_epoch(start(*args, cwd=tmp_path, env=env), 5, sig)
+    folder = tmp_path / "run"
+    assert not (folder / "metrics.json").exists()
+    checkpoint, = (tmp_path / "cache").glob("*/checkpoint.pt") if cached else [folder / "checkpoint.pt"]
+    reached = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert 5 <= reached < 60
+    if sig == signal.SIGINT:
+        lines = err.strip().splitlines()
+        assert lines[-1] == (f"advrun: interrupted (Ctrl-C); the run in run did not finish: the same command "
+                             f"with hydra.run.dir=run resumes it"), err
+        assert "Traceback" not in err
+
+    again = run_cli(*args, cwd=tmp_path, env=env)
     assert again.returncode == 0, again.stderr
-    assert "resuming training after epoch" in again.stderr
-    reference = run_cli(*args, "hydra.run.dir=reference", cwd=tmp_path, env={"ADVRUN_CACHE_DIR": str(tmp_path / "c2")})
-    assert reference.returncode == 0, reference.stderr
-    a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("again", "reference"))
-    assert numbers(a) == numbers(b)
-    assert (tmp_path / "again" / "curve.csv").read_bytes() == (tmp_path / "reference" / "curve.csv").read_bytes()
+    assert f"resuming training after epoch {reached} of 60" in again.stderr
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["training"]["resumed"] is True
+    assert numbers(metrics) == numbers(uninterrupted[0])
+    assert (folder / "curve.csv").read_bytes() == uninterrupted[1]
+    assert not checkpoint.exists()
+    assert len((folder / "training.csv").read_text().splitlines()) == 1 + 60
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
