@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -258,3 +260,82 @@ def test_identical_runs_write_identical_results(make_cfg, tmp_path):
 def test_the_readme_documents_the_cache():
     readme = (REPO / "README.md").read_text()
     assert "cache.enabled=false" in readme and "ADVRUN_CACHE_DIR" in readme
+
+
+def _truncate_history(path):
+    lines = (path / "training.csv").read_text().splitlines(keepends=True)
+    (path / "training.csv").write_text("".join(lines[:6]))  # the header and 5 of the rows
+
+
+def _flip_a_byte(path):
+    content = bytearray((path / "model.pt").read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    (path / "model.pt").write_bytes(bytes(content))
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (_truncate_history, "training.csv has .* bytes, the manifest records"),
+    (lambda p: (p / "training.csv").unlink(), "training.csv is missing"),
+    (lambda p: (p / "model.pt").unlink(), "model.pt is missing"),
+    (_flip_a_byte, r"model.pt differs from the file stored \(SHA-256\)"),
+    (lambda p: (p / "entry.json").unlink(), "entry.json is missing"),
+    (lambda p: (p / "entry.json").write_text("{"), "entry.json holds no manifest"),
+])
+def test_a_cache_entry_that_is_not_whole_is_not_used(make_cfg, tmp_path, caplog, damage, reason):
+    """Truncated (5 of 8 epochs), missing or changed files: the log says why, the model is trained
+    again, and the run reports the numbers of the full training."""
+    cfg = make_cfg(*RUN, "train.epochs=8")
+    first = experiment.run(cfg, tmp_path / "a")
+    damage(entry(cfg).path)
+    second = experiment.run(cfg, tmp_path / "b")
+    assert second["training"]["trained"] is True
+    assert re.search(f"cache entry {re.escape(str(entry(cfg).path))} cannot be read \\(EntryNotWhole: {reason}",
+                     caplog.text), caplog.text
+    assert numbers(second) == numbers(first)
+    entry(cfg).check_whole()  # stored whole again
+    assert experiment.run(cfg, tmp_path / "c")["training"]["trained"] is False
+
+
+def test_the_cache_lock_is_a_filelock_held_while_training(make_cfg, tmp_path):
+    from filelock import FileLock, Timeout
+
+    cfg = make_cfg(*RUN)
+    held = entry(cfg)
+    with held.lock():
+        with pytest.raises(Timeout):
+            FileLock(held.root / f"{held.key}.lock").acquire(timeout=0)
+    FileLock(held.root / f"{held.key}.lock").acquire(timeout=0)
+
+
+def _read_only_file_system(monkeypatch, root):
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def refuse(path, *args, **kwargs):
+        if str(path).startswith(str(root)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return (real_open if refuse.name == "open" else real_mkdir)(path, *args, **kwargs)
+
+    def guarded(name):
+        def call(path, *args, **kwargs):
+            refuse.name = name
+            return refuse(path, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(os, "open", guarded("open"))
+    monkeypatch.setattr(os, "mkdir", guarded("mkdir"))
+
+
+@pytest.mark.parametrize("where", ["under a file", "a file", "read-only"])
+def test_a_cache_dir_that_cannot_be_written_is_one_line_naming_it(tmp_path, monkeypatch, where):
+    (tmp_path / "file").write_text("a file\n")
+    cache_dir = {"under a file": tmp_path / "file" / "cache", "a file": tmp_path / "file",
+                 "read-only": tmp_path / "ro"}[where]
+    if where == "read-only":  # simulated: the process cannot mount one (the kernel answers EROFS alike)
+        (tmp_path / "ro").mkdir()
+        _read_only_file_system(monkeypatch, tmp_path / "ro")
+    proc = run_inprocess(*RUN, f"cache.dir={cache_dir}", "hydra.run.dir=run", cwd=tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("advrun")]  # after the log's INFO lines
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(f"advrun: error: cache.dir: cannot create or write the cache folder {cache_dir} (")
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    assert (tmp_path / "file").read_text() == "a file\n"
