@@ -30,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
 def report(path: Path, rebuild_jobs: bool = True) -> list[Path]:
     """Write the report of ``path`` (a run or a sweep folder); return the files written.
 
-    Raises :class:`AdvrunError` (key ``path``) when ``path`` is neither."""
+    Raises :class:`AdvrunError` (key ``path``) when ``path`` is neither, or naming a run's
+    ``metrics.json`` that is not advrun's metrics (not JSON, not an object)."""
     from advrun.reporting.report import write_run_report
     from advrun.reporting.sweep import write_sweep_report
     from advrun.runfolder import RunFolder, SweepFolder
@@ -38,6 +39,7 @@ def report(path: Path, rebuild_jobs: bool = True) -> list[Path]:
     if not path.is_dir():
         raise AdvrunError("path", f"{path} is not a folder")
     if RunFolder(path).is_run():
+        RunFolder(path).metrics()  # a metrics.json that is not advrun's: one line naming it, and no report
         return list(write_run_report(path))
     sweep = SweepFolder(path)
     if not sweep.jobs():
