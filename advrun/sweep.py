@@ -248,6 +248,16 @@ def _resume_check(config: DictConfig):
     return why_not
 
 
+def _check_subdir(config: DictConfig) -> None:
+    """``hydra.sweep.subdir`` must name a folder below the sweep folder (each job's own): not empty,
+    ``.``, absolute or climbing out with ``..``, which would write the jobs into other folders."""
+    subdir = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir") or "")
+    parts = Path(subdir).parts
+    if not parts or Path(subdir).is_absolute() or ".." in parts or all(part == "." for part in parts):
+        raise Abort(AdvrunError("hydra.sweep.subdir", f"must name each job's folder below hydra.sweep.dir, "
+                                                      f"got {subdir!r}"))
+
+
 class AdvrunCallback(Callback):
     """Claims output folders, and writes the sweep summary at the end of every sweep (see the module)."""
 
@@ -289,6 +299,7 @@ class AdvrunCallback(Callback):
         self._release()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_subdir(config)
         session = self._session()
         session.sweep = SweepOutcome(root=self._claim(config, "hydra.sweep.dir", resume=False).folder)
         _name_jobs_by_swept_keys(config)

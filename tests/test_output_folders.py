@@ -174,3 +174,13 @@ def test_a_default_folder_moves_on_past_anything_already_there(tmp_path):
     claim.release()
     assert claim.folder == tmp_path / "dated-1" and not claim.resumed
     assert sorted(p.name for p in (tmp_path / "dated").iterdir()) == sorted(USER_FILES)
+
+
+@pytest.mark.parametrize("subdir", ["''", ".", "..", "../x", "/tmp/jobs"])
+def test_job_folders_outside_the_sweep_folder_are_refused(tmp_path, subdir):
+    project = user_project(tmp_path / "project")
+    before = snapshot(tmp_path)
+    line = refused(run_inprocess("-m", *NO_ATTACK, "seed=0,1", f"hydra.sweep.dir={project / 'sweep'}",
+                                 f"hydra.sweep.subdir={subdir}", cwd=project), key="hydra.sweep.subdir")
+    assert "must name each job's folder below hydra.sweep.dir" in line
+    assert snapshot(tmp_path) == before
