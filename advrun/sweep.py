@@ -158,18 +158,19 @@ def _runs_jobs_here(config: DictConfig) -> bool:
 
 def expand_sweep(overrides: list[str]) -> list[list[str]]:
     """Every job's overrides, in job-number order, as Hydra's basic sweeper expands the command
-    line: the product of the values of each sweep override (``a=1,2 b=x,y``: 4 jobs). Raises
-    Hydra's exception where the expansion needs more (e.g. ``glob()`` needs the config loader)."""
-    choices = []
+    line: the product of the values of each sweep override (``a=1,2 b=x,y``: 4 jobs); a key given
+    twice takes its last values, in the place of its first. Raises Hydra's exception where the
+    expansion needs more (e.g. ``glob()`` needs the config loader)."""
+    choices: dict[str, list[str]] = {}
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.get_key_element()
         if override.is_sweep_override():
             if not override.is_discrete_sweep():
                 raise ValueError(f"{key}: a range or interval sweep has no fixed list of jobs")
-            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+            choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
         else:
-            choices.append([f"{key}={override.get_value_element_as_str()}"])
-    return [list(job) for job in itertools.product(*choices)]
+            choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+    return [list(job) for job in itertools.product(*choices.values())]
 
 
 def planned_jobs(config: DictConfig) -> list[list[str] | None] | None:

@@ -50,3 +50,20 @@ def test_an_exception_in_a_callback_does_not_stop_hydra_and_abort_does():
     with pytest.raises(Abort) as info:
         callbacks.on_run_start(config=OmegaConf.create({}))
     assert str(info.value.error) == "refused"
+
+
+@pytest.mark.parametrize("overrides", [
+    ["attack.eps=0.05,0.1", "seed=0,1,2"],
+    ["seed=0,1,2", "model=logreg,mlp", "seed=3,4", "train.epochs=2"],
+    ["+experiment=x", "attack.eps=0.5,1", "eval.epsilons=[0,0.1]", "attack.eps=2"],
+    ["hydra.sweep.dir='/a b/c'", "dataset.root='x,y'", "model=choice(logreg,mlp)"],
+])
+def test_sweeps_expand_into_the_jobs_of_hydras_basic_sweeper(overrides):
+    """advrun.sweep.expand_sweep (public override API) numbers the jobs as Hydra's BasicSweeper does."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from advrun.sweep import expand_sweep
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    assert expand_sweep(overrides) == BasicSweeper.split_arguments(parsed, None)[0]

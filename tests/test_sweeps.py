@@ -216,6 +216,7 @@ def test_a_sweep_folder_named_twice_is_refused(tmp_path):
 
 @pytest.mark.parametrize("choices, task, expected", [
     ([], ["attack.eps=0.05,0.1", "seed=0,1,2"], 6),
+    ([], ["seed=0,1,2", "attack.eps=0.05,0.1", "seed=3,4"], 4),  # a key given twice: its last values, as Hydra
     (["+experiment=crosslip_mnist"], ["+experiment=crosslip_mnist", "attack.eps=0.5,1"], 8),  # its 4 params x 2
     (["hydra/sweeper=optuna_robust", "hydra.sweeper.n_trials=7"], [], 7),
     ([], ["model=glob(*)"], None),  # glob needs Hydra's config loader: the bar counts without a total
