@@ -249,14 +249,18 @@ def _resume_check(config: DictConfig):
     return why_not
 
 
-def _check_subdir(config: DictConfig) -> None:
-    """``hydra.sweep.subdir`` must name a folder below the sweep folder (each job's own): not empty,
-    ``.``, absolute or climbing out with ``..``, which would write the jobs into other folders."""
-    subdir = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir") or "")
-    parts = Path(subdir).parts
-    if not parts or Path(subdir).is_absolute() or ".." in parts or all(part == "." for part in parts):
-        raise Abort(AdvrunError("hydra.sweep.subdir", f"must name each job's folder below hydra.sweep.dir, "
-                                                      f"got {subdir!r}"))
+def _check_below(config: DictConfig, key: str, folder: str) -> None:
+    """``key`` (``hydra.sweep.subdir``, ``hydra.output_subdir``) must name a folder below ``folder``
+    (the key that names it): not empty, ``.``, absolute or climbing out with ``..``, which would let
+    Hydra write the jobs or its records into other folders. ``hydra.output_subdir: null`` (no
+    ``.hydra`` records) is allowed."""
+    node, _, name = key.rpartition(".")
+    raw = OmegaConf.to_container(OmegaConf.select(config, node), resolve=False).get(name)
+    if raw is None and name == "output_subdir":
+        return
+    parts = Path(str(raw or "")).parts
+    if not parts or Path(str(raw)).is_absolute() or ".." in parts or all(part == "." for part in parts):
+        raise Abort(AdvrunError(key, f"must name a folder below {folder}, got {'' if raw is None else str(raw)!r}"))
 
 
 class AdvrunCallback(Callback):
@@ -288,6 +292,7 @@ class AdvrunCallback(Callback):
             session.claims.pop().release()
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_below(config, "hydra.output_subdir", "hydra.run.dir")
         claim = self._claim(config, "hydra.run.dir", resume=True)
         if claim.resumed:  # an earlier attempt's error is not this attempt's
             from advrun.runfolder import RunFolder
@@ -300,7 +305,8 @@ class AdvrunCallback(Callback):
         self._release()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _check_subdir(config)
+        _check_below(config, "hydra.sweep.subdir", "hydra.sweep.dir")
+        _check_below(config, "hydra.output_subdir", "each job's folder")
         session = self._session()
         session.sweep = SweepOutcome(root=self._claim(config, "hydra.sweep.dir", resume=False).folder)
         _name_jobs_by_swept_keys(config)

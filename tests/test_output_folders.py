@@ -176,11 +176,14 @@ def test_a_default_folder_moves_on_past_anything_already_there(tmp_path):
     assert sorted(p.name for p in (tmp_path / "dated").iterdir()) == sorted(USER_FILES)
 
 
-@pytest.mark.parametrize("subdir", ["''", ".", "..", "../x", "/tmp/jobs"])
-def test_job_folders_outside_the_sweep_folder_are_refused(tmp_path, subdir):
+@pytest.mark.parametrize("key, sweep", [("hydra.sweep.subdir", True), ("hydra.output_subdir", True),
+                                        ("hydra.output_subdir", False)])
+@pytest.mark.parametrize("value", ["''", ".", "..", "../x", "/tmp/x"])
+def test_hydra_folders_outside_the_claimed_folder_are_refused(tmp_path, key, sweep, value):
+    """Job folders and Hydra's .hydra records stay below the folder advrun claimed."""
     project = user_project(tmp_path / "project")
     before = snapshot(tmp_path)
-    line = refused(run_inprocess("-m", *NO_ATTACK, "seed=0,1", f"hydra.sweep.dir={project / 'sweep'}",
-                                 f"hydra.sweep.subdir={subdir}", cwd=project), key="hydra.sweep.subdir")
-    assert "must name each job's folder below hydra.sweep.dir" in line
+    args = ["-m", "seed=0,1", f"hydra.sweep.dir={project / 'out'}"] if sweep else [f"hydra.run.dir={project / 'out'}"]
+    line = refused(run_inprocess(*args, *NO_ATTACK, f"{key}={value}", cwd=project), key=key)
+    assert "must name a folder below " in line
     assert snapshot(tmp_path) == before
