@@ -382,3 +382,15 @@ def test_advrun_report_rebuilds_a_sweep_and_refuses_other_folders(sweep, tmp_pat
         assert done.stderr.strip().count("\n") == 0 and str(target) in done.stderr and "Traceback" not in done.stderr
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["advrun-report"] == "advrun.reporting.cli:main"
+
+
+def test_ctrl_c_in_advrun_report_is_one_line_and_exit_130(digits_run, monkeypatch, capsys):
+    from advrun.reporting import cli, report
+
+    def interrupted(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "write_run_report", interrupted)
+    assert cli.main([str(digits_run)]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"advrun-report: interrupted (Ctrl-C); run it again to complete the report of {digits_run}"]

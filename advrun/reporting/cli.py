@@ -1,6 +1,6 @@
 """``advrun-report PATH``: (re)build the report of a run folder or the summary of a sweep folder
 from the files on disk, so that a run or sweep made earlier, elsewhere, or interrupted can still
-be reported. Exit status 0 when the report was written, 2 when PATH is neither."""
+be reported. Exit status 0 when the report was written, 2 when PATH is neither, 130 on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from advrun.errors import AdvrunError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     except AdvrunError as e:
         print(f"advrun-report: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # files are written whole or not at all: running it again completes the report
+        print(f"advrun-report: interrupted (Ctrl-C); run it again to complete the report of {args.path}",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     for file in written:
         print(file)
     return 0
