@@ -5,18 +5,20 @@ file), ``optimizer``, ``train`` and ``defense`` nodes, the ``seed``, the device 
 ``deterministic`` flag, and the code version (PyTorch's version and a hash of advrun's source
 files). Attack and evaluation keys are not part of it: an attack-only sweep trains once.
 
-An entry is a folder ``<cache.dir>/<key>/`` holding ``model.pt`` (the ``state_dict``, written
-last: its presence marks a complete entry), ``training.csv`` and ``entry.json`` (the config the
-key was made from, and the run that trained it). While a run trains, the entry folder holds its
-resumable ``checkpoint.pt`` (see :mod:`advrun.training`), and the run holds an exclusive lock on
-``<key>.lock``: a parallel job with the same key waits for it, then loads the model instead of
-training it again. Locks are ``flock`` locks, released by the operating system when a process
-dies, so a killed run never leaves a stale lock.
+An entry is a folder ``<cache.dir>/<key>/`` holding ``model.pt`` (the ``state_dict``),
+``training.csv`` and, written last, ``entry.json``: the config the key was made from, the run
+that trained it, and a manifest of the size and SHA-256 of the other two files. An entry is used
+only when it is whole (:meth:`Entry.load` checks the manifest): a file that is missing,
+truncated or changed makes it unused, the log says why, and the model is trained again. While a
+run trains, the entry folder holds its resumable ``checkpoint.pt`` (see :mod:`advrun.training`),
+and the run holds an exclusive lock on ``<key>.lock`` (a ``filelock`` lock): a parallel job with
+the same key waits for it, then loads the model instead of training it again. Locks are released
+by the operating system when a process dies, so a killed run never leaves a stale lock. A
+``cache.dir`` that cannot be created or written is a :class:`~advrun.errors.ConfigError` naming it.
 """
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import json
@@ -28,16 +30,25 @@ from typing import Any, Iterator
 
 import pandas as pd
 import torch
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig
 
 from advrun import io
 from advrun.config import to_container
+from advrun.errors import ConfigError
 from advrun.runfolder import weights_file
 
 log = logging.getLogger(__name__)
 
 #: Config nodes that decide the trained model.
 TRAINING_KEYS = ("dataset", "model", "optimizer", "train", "defense", "seed", "deterministic")
+#: The files of an entry that its manifest describes, and the manifest (written last).
+STORED = ("model.pt", "training.csv")
+MANIFEST = "entry.json"
+
+
+class EntryNotWhole(RuntimeError):
+    """A cache entry whose files do not match its manifest (or that has none); it is not used."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -93,33 +104,64 @@ class Entry:
         return self.path / "checkpoint.pt"
 
     def complete(self) -> bool:
-        return (self.path / "model.pt").is_file()
+        """Whether a trained model was stored here (whole or not: :meth:`load` checks)."""
+        return any((self.path / name).exists() for name in (*STORED, MANIFEST))
 
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the entry's exclusive lock (waiting, with a log line, while another run holds it)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / f"{self.key}.lock", "a") as handle:
+        lock = FileLock(self.root / f"{self.key}.lock")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                lock.acquire(timeout=0)
+            except Timeout:
                 log.info("another run is training the same model (cache entry %s); waiting for it", self.path)
-                fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                lock.acquire()
+        except OSError as e:  # a parent that is a file, a read-only file system, no permission
+            raise ConfigError("cache.dir", f"cannot create or write the cache folder {self.root} "
+                                           f"({e.strerror or e}); choose another cache.dir, or "
+                                           "set cache.enabled=false") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def check_whole(self) -> None:
+        """Raise :class:`EntryNotWhole` unless every stored file matches the manifest."""
+        try:
+            manifest = json.loads((self.path / MANIFEST).read_text())["files"]
+        except FileNotFoundError:
+            raise EntryNotWhole(f"{MANIFEST} is missing") from None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise EntryNotWhole(f"{MANIFEST} holds no manifest ({type(e).__name__}: {e})") from None
+        for name in STORED:
+            file, recorded = self.path / name, manifest.get(name) if isinstance(manifest, dict) else None
+            if not isinstance(recorded, dict):
+                raise EntryNotWhole(f"the manifest does not describe {name}")
+            if not file.is_file():
+                raise EntryNotWhole(f"{name} is missing")
+            if file.stat().st_size != recorded.get("bytes"):
+                raise EntryNotWhole(f"{name} has {file.stat().st_size} bytes, the manifest records {recorded.get('bytes')}")
+            if file_digest(file) != recorded.get("sha256"):
+                raise EntryNotWhole(f"{name} differs from the file stored (SHA-256)")
 
     def load(self) -> tuple[dict[str, torch.Tensor], pd.DataFrame]:
-        """The cached ``state_dict`` (``weights_only=True``) and training history."""
+        """The cached ``state_dict`` (``weights_only=True``) and training history of a whole entry;
+        :class:`EntryNotWhole` for an entry that is not."""
+        self.check_whole()
         state = torch.load(self.path / "model.pt", map_location="cpu", weights_only=True)
         return state, pd.read_csv(self.path / "training.csv")
 
     def store(self, state: dict[str, torch.Tensor], history: pd.DataFrame, spec: dict[str, Any], run: Path) -> None:
-        """Write the entry; ``model.pt`` last, so a reader never sees a half-written entry."""
-        io.write_csv(self.path / "training.csv", history)
-        io.write_json(self.path / "entry.json", {"key": self.key, "trained_by": str(run), "spec": spec})
+        """Write the entry; the manifest last, so that a reader never uses a half-written entry."""
+        (self.path / MANIFEST).unlink(missing_ok=True)  # an older entry's manifest does not describe these files
         io.save_torch(self.path / "model.pt", {k: v.detach().cpu() for k, v in state.items()})
+        io.write_csv(self.path / "training.csv", history)
+        files = {name: {"bytes": (self.path / name).stat().st_size, "sha256": file_digest(self.path / name)}
+                 for name in STORED}
+        io.write_json(self.path / MANIFEST, {"key": self.key, "trained_by": str(run), "epochs": len(history),
+                                             "files": files, "spec": spec})
 
 
 def entry_for(cfg: DictConfig, device: torch.device) -> tuple[Entry, dict[str, Any]]:

@@ -8,6 +8,10 @@ In a sweep (``advrun -m ...``) a failing job does not stop the others: its folde
 ``error.txt`` (and ``traceback.txt`` for an unexpected exception), one line goes to standard
 error, and the launcher goes on. The sweep summary (:mod:`advrun.sweep`) lists the job as
 failed, and the command exits with status 1 once every job has ended.
+
+Ctrl-C (SIGINT) ends the command with one line and exit status 130: a run says how to resume
+it, a sweep first writes its summary of the jobs that finished, and lists those that did not.
+The command's state lives in an :class:`advrun.session.Session` for as long as it runs.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from types import TracebackType
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -25,36 +28,29 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from advrun import console, sweep
+from advrun import session as sessions
+from advrun import sweep
 from advrun.config import composition_error, config_dir
 from advrun.errors import AdvrunError
+from advrun.hydra_compat import Abort, failing_override
 
 EXIT_USAGE = 2
 EXIT_JOBS_FAILED = 1
+#: The status of a command ended by Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
 
 
 def _debug() -> bool:
     return os.environ.get("ADVRUN_DEBUG", "").lower() not in ("", "0", "false", "no")
 
 
-_jobs_started = 0  # jobs this process has begun: an exception before the first came from the command line
-
-
-def _failing_override(tb: TracebackType | None) -> str | None:
-    """The key of the override Hydra was applying when ``tb`` was raised, if it was."""
-    while tb is not None:
-        if tb.tb_frame.f_code.co_name == "_apply_overrides_to_config":
-            return getattr(tb.tb_frame.f_locals.get("override"), "key_or_group", None)
-        tb = tb.tb_next
-    return None
-
-
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> float | None:
     from advrun import experiment  # after Hydra has parsed the command line: keeps --help fast
 
-    global _jobs_started
-    _jobs_started += 1
+    session = sessions.current()
+    if session is not None:
+        session.jobs_started += 1
 
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
@@ -86,40 +82,65 @@ def _app(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    sweep.forget_sweeps()
-    try:
-        _main()
-    finally:
-        console.stop_sweep_bar()  # a sweep that ended by an exception leaves no live display behind
+    with sessions.open_session() as session:
+        try:
+            _main(session)
+        except KeyboardInterrupt:
+            if _debug():
+                raise
+            _interrupted(session)
 
 
-def _main() -> None:
+def _main(session: sessions.Session) -> None:
     if _debug() or os.environ.get("HYDRA_FULL_ERROR") == "1":
         _app()  # Hydra's own report, with the traceback
     else:
         # Hydra reports its errors (an override that does not parse, an unknown option or key) in
         # several lines, some with a traceback; let them through to report them in advrun's one line.
         os.environ["HYDRA_FULL_ERROR"] = "1"
-        started = _jobs_started
         try:
             _app()
         except (HydraException, OmegaConfBaseException) as e:
-            print(f"advrun: error: {composition_error(e)}", file=sys.stderr)
-            sys.exit(EXIT_USAGE)
+            _usage_error(composition_error(e))
+        except Abort as e:  # e.g. an output folder that is not advrun's to write into
+            _usage_error(e.error)
         except Exception as e:
-            if _jobs_started != started:
+            if session.jobs_started:
                 raise  # from a run: a bug, shown with its traceback (also in the run folder's traceback.txt)
             # while Hydra applied the command line, e.g. OmegaConf's ValueError for eval.epsilons.x=1
-            key = _failing_override(e.__traceback__) or "command line"
-            print(f"advrun: error: {key}: cannot apply this override ({type(e).__name__}: {e})", file=sys.stderr)
-            sys.exit(EXIT_USAGE)
+            key = failing_override(e.__traceback__) or "command line"
+            _usage_error(f"{key}: cannot apply this override ({type(e).__name__}: {e})")
         finally:
             del os.environ["HYDRA_FULL_ERROR"]
-    outcome = sweep.last_sweep()
+    outcome = session.sweep
     if outcome is None or outcome.ok:
         return
     print(f"advrun: {outcome.problems()}", file=sys.stderr)
     sys.exit(EXIT_JOBS_FAILED)
+
+
+def _usage_error(error: object) -> None:
+    print(f"advrun: error: {error}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
+def _interrupted(session: sessions.Session) -> None:
+    """Ctrl-C: a sweep's summary of what finished, one line, exit status 130."""
+    session.stop_sweep_bar()
+    if session.sweep is not None:
+        try:
+            session.sweep.summarise()
+        except KeyboardInterrupt:
+            session.sweep.error = "interrupted again"
+        except Exception:  # noqa: BLE001, S110 - summarise() recorded the error, which the line below gives
+            pass
+        print(f"advrun: interrupted (Ctrl-C); {session.sweep.problems()}", file=sys.stderr)
+    elif session.run_folder is not None:
+        print(f"advrun: interrupted (Ctrl-C); the run in {session.run_folder} did not finish: the same command "
+              f"with hydra.run.dir={session.run_folder} resumes it", file=sys.stderr)
+    else:
+        print("advrun: interrupted (Ctrl-C)", file=sys.stderr)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -8,14 +8,12 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
+from advrun.session import current
+
 #: Logs and progress bars (standard error).
 console = Console(stderr=True)
 #: Results: the summary table (standard output).
 results = Console()
-
-
-#: The bar over a sweep's jobs while one runs in this process; the jobs' bars join it.
-_sweep_bar: Progress | None = None
 
 
 class _Nested:
@@ -43,40 +41,15 @@ class _Nested:
 
 def progress_bar(transient: bool = False) -> Progress | _Nested:
     """A progress bar on the shared console: description, bar, count, elapsed and remaining time.
-    Inside a sweep (:func:`start_sweep_bar`) its tasks are drawn under the sweep's bar."""
-    if _sweep_bar is not None:
-        return _Nested(_sweep_bar)
-    return _new_progress(transient)
+    Inside a sweep (:meth:`advrun.session.Session.start_sweep_bar`) its tasks are drawn under the
+    sweep's bar."""
+    session = current()
+    if session is not None and session.sweep_bar is not None:
+        return _Nested(session.sweep_bar)
+    return new_progress(transient)
 
 
-def start_sweep_bar(total: int | None) -> None:
-    """Show a bar over the jobs of a sweep run by this process (``total`` None: count unknown)."""
-    global _sweep_bar
-    stop_sweep_bar()
-    _sweep_bar = _new_progress(transient=False)
-    _sweep_bar.add_task("sweep", total=total)
-    _sweep_bar.start()
-
-
-def advance_sweep_bar(description: str) -> None:
-    """One more job has ended; ``description`` says how the jobs went so far."""
-    if _sweep_bar is not None:
-        task = _sweep_bar.task_ids[0]
-        _sweep_bar.update(task, advance=1, description=description)
-
-
-def sweep_bar_running() -> bool:
-    return _sweep_bar is not None
-
-
-def stop_sweep_bar() -> None:
-    global _sweep_bar
-    if _sweep_bar is not None:
-        _sweep_bar.stop()
-        _sweep_bar = None
-
-
-def _new_progress(transient: bool) -> Progress:
+def new_progress(transient: bool) -> Progress:
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),

@@ -345,6 +345,7 @@ class SweepFolder:
     SUMMARY_MD = "summary.md"
     REPORT = "report.html"
     CURVES = "combined_curves"
+    MULTIRUN = "multirun.yaml"  # Hydra's record of the sweep: its config and command line
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)

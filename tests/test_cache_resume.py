@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -118,31 +120,71 @@ def test_an_interrupted_run_resumes_and_ends_as_if_never_interrupted(make_cfg, t
     assert not checkpoint.exists()
 
 
-def test_a_killed_process_resumes_from_its_last_checkpoint(tmp_path):
-    """SIGKILL in the middle of training, then the same command again: same final results as a run
-    that was never interrupted."""
-    args = ["device=cpu", "attack=fgsm", "dataset.n_train=300", "train.epochs=150", "model.hidden=[32]",
-            "eval.n_samples=50"]
-    env = {"ADVRUN_CACHE_DIR": str(tmp_path / "cache")}
-    job = subprocess.Popen([sys.executable, "-m", "advrun", *args, f"hydra.run.dir={tmp_path / 'killed'}"],
-                           cwd=tmp_path, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list((tmp_path / "cache").glob("*/checkpoint.pt")):
-        time.sleep(0.05)
-    job.send_signal(signal.SIGKILL)
-    job.wait(timeout=30)
-    assert list((tmp_path / "cache").glob("*/checkpoint.pt")), "the run finished before it could be killed"
-    assert not (tmp_path / "killed" / "metrics.json").exists()
+#: A run whose training (60 short epochs) lasts long enough to be stopped at a known epoch.
+KILLED = ["device=cpu", "attack=fgsm", "dataset.n_train=300", "train.epochs=60", "model.hidden=[32]",
+          "eval.n_samples=50", "eval.audit=false", "report=false"]
 
-    again = run_cli(*args, "hydra.run.dir=again", cwd=tmp_path, env=env)
+
+def start(*args: str, cwd, env: dict) -> subprocess.Popen:
+    full_env = {k: v for k, v in os.environ.items() if k not in ("ADVRUN_DEBUG", "HYDRA_FULL_ERROR")}
+    return subprocess.Popen([sys.executable, "-m", "advrun", *args], cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**full_env, "PYTHONUNBUFFERED": "1", **env})
+
+
+def stop_after_epoch(job: subprocess.Popen, epoch: int, sig: int, times: int = 1) -> str:
+    """Send ``sig`` to ``job`` once its log has reported the end of ``epoch`` ``times`` times; its
+    standard error."""
+    seen, lines = 0, []
+    for line in job.stderr:
+        lines.append(line)
+        if f"epoch {epoch}/" in line:
+            seen += 1
+            if seen == times:
+                job.send_signal(sig)
+                break
+    rest = job.communicate(timeout=120)[1]
+    assert seen == times, "".join(lines) + rest
+    return "".join(lines) + rest
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """metrics.json and curve.csv of the run that is interrupted below, run without interruption."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    proc = run_cli(*KILLED, "cache.enabled=false", "hydra.run.dir=run", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads((root / "run" / "metrics.json").read_text()), (root / "run" / "curve.csv").read_bytes()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+@pytest.mark.parametrize("cached", [True, False], ids=["cache", "no-cache"])
+def test_a_run_stopped_at_an_epoch_resumes_there_with_the_same_command(tmp_path, uninterrupted, sig, cached):
+    """A real process stopped after epoch 5 of 60 (SIGKILL, or SIGINT as Ctrl-C sends it), then the
+    same command again: training goes on after the epoch the checkpoint holds, in the same run
+    folder, and the results equal those of a run that was never stopped."""
+    args = [*KILLED, f"cache.enabled={cached}", "hydra.run.dir=run"]
+    env = {"ADVRUN_CACHE_DIR": str(tmp_path / "cache")}
+    err = stop_after_epoch(start(*args, cwd=tmp_path, env=env), 5, sig)
+    folder = tmp_path / "run"
+    assert not (folder / "metrics.json").exists()
+    checkpoint, = (tmp_path / "cache").glob("*/checkpoint.pt") if cached else [folder / "checkpoint.pt"]
+    reached = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert 5 <= reached < 60
+    if sig == signal.SIGINT:
+        lines = err.strip().splitlines()
+        assert lines[-1] == (f"advrun: interrupted (Ctrl-C); the run in run did not finish: the same command "
+                             f"with hydra.run.dir=run resumes it"), err
+        assert "Traceback" not in err
+
+    again = run_cli(*args, cwd=tmp_path, env=env)
     assert again.returncode == 0, again.stderr
-    assert "resuming training after epoch" in again.stderr
-    reference = run_cli(*args, "hydra.run.dir=reference", cwd=tmp_path, env={"ADVRUN_CACHE_DIR": str(tmp_path / "c2")})
-    assert reference.returncode == 0, reference.stderr
-    a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("again", "reference"))
-    assert numbers(a) == numbers(b)
-    assert (tmp_path / "again" / "curve.csv").read_bytes() == (tmp_path / "reference" / "curve.csv").read_bytes()
+    assert f"resuming training after epoch {reached} of 60" in again.stderr
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["training"]["resumed"] is True
+    assert numbers(metrics) == numbers(uninterrupted[0])
+    assert (folder / "curve.csv").read_bytes() == uninterrupted[1]
+    assert not checkpoint.exists()
+    assert len((folder / "training.csv").read_text().splitlines()) == 1 + 60
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
@@ -218,3 +260,82 @@ def test_identical_runs_write_identical_results(make_cfg, tmp_path):
 def test_the_readme_documents_the_cache():
     readme = (REPO / "README.md").read_text()
     assert "cache.enabled=false" in readme and "ADVRUN_CACHE_DIR" in readme
+
+
+def _truncate_history(path):
+    lines = (path / "training.csv").read_text().splitlines(keepends=True)
+    (path / "training.csv").write_text("".join(lines[:6]))  # the header and 5 of the rows
+
+
+def _flip_a_byte(path):
+    content = bytearray((path / "model.pt").read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    (path / "model.pt").write_bytes(bytes(content))
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (_truncate_history, "training.csv has .* bytes, the manifest records"),
+    (lambda p: (p / "training.csv").unlink(), "training.csv is missing"),
+    (lambda p: (p / "model.pt").unlink(), "model.pt is missing"),
+    (_flip_a_byte, r"model.pt differs from the file stored \(SHA-256\)"),
+    (lambda p: (p / "entry.json").unlink(), "entry.json is missing"),
+    (lambda p: (p / "entry.json").write_text("{"), "entry.json holds no manifest"),
+])
+def test_a_cache_entry_that_is_not_whole_is_not_used(make_cfg, tmp_path, caplog, damage, reason):
+    """Truncated (5 of 8 epochs), missing or changed files: the log says why, the model is trained
+    again, and the run reports the numbers of the full training."""
+    cfg = make_cfg(*RUN, "train.epochs=8")
+    first = experiment.run(cfg, tmp_path / "a")
+    damage(entry(cfg).path)
+    second = experiment.run(cfg, tmp_path / "b")
+    assert second["training"]["trained"] is True
+    assert re.search(f"cache entry {re.escape(str(entry(cfg).path))} cannot be read \\(EntryNotWhole: {reason}",
+                     caplog.text), caplog.text
+    assert numbers(second) == numbers(first)
+    entry(cfg).check_whole()  # stored whole again
+    assert experiment.run(cfg, tmp_path / "c")["training"]["trained"] is False
+
+
+def test_the_cache_lock_is_a_filelock_held_while_training(make_cfg, tmp_path):
+    from filelock import FileLock, Timeout
+
+    cfg = make_cfg(*RUN)
+    held = entry(cfg)
+    with held.lock():
+        with pytest.raises(Timeout):
+            FileLock(held.root / f"{held.key}.lock").acquire(timeout=0)
+    FileLock(held.root / f"{held.key}.lock").acquire(timeout=0)
+
+
+def _read_only_file_system(monkeypatch, root):
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def refuse(path, *args, **kwargs):
+        if str(path).startswith(str(root)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return (real_open if refuse.name == "open" else real_mkdir)(path, *args, **kwargs)
+
+    def guarded(name):
+        def call(path, *args, **kwargs):
+            refuse.name = name
+            return refuse(path, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(os, "open", guarded("open"))
+    monkeypatch.setattr(os, "mkdir", guarded("mkdir"))
+
+
+@pytest.mark.parametrize("where", ["under a file", "a file", "read-only"])
+def test_a_cache_dir_that_cannot_be_written_is_one_line_naming_it(tmp_path, monkeypatch, where):
+    (tmp_path / "file").write_text("a file\n")
+    cache_dir = {"under a file": tmp_path / "file" / "cache", "a file": tmp_path / "file",
+                 "read-only": tmp_path / "ro"}[where]
+    if where == "read-only":  # simulated: the process cannot mount one (the kernel answers EROFS alike)
+        (tmp_path / "ro").mkdir()
+        _read_only_file_system(monkeypatch, tmp_path / "ro")
+    proc = run_inprocess(*RUN, f"cache.dir={cache_dir}", "hydra.run.dir=run", cwd=tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("advrun")]  # after the log's INFO lines
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(f"advrun: error: cache.dir: cannot create or write the cache folder {cache_dir} (")
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    assert (tmp_path / "file").read_text() == "a file\n"

@@ -217,6 +217,28 @@ def test_small_figures_are_enlarged_and_others_shown_as_they_are(tmp_path):
                        "wide": None, FIGURES["robustness_curve"]: None}
 
 
+@pytest.mark.parametrize("content, words", [
+    ("[1, 2]", "holds a JSON list, not advrun's metrics"),
+    ('"clean"', "holds a JSON str, not advrun's metrics"),
+    ("{}", "is not advrun's metrics: dataset, "),
+    ('{"clean_accuracy": 0.9', "cannot be read as JSON ("),
+    ("\udcff garbage", "cannot be read as JSON ("),
+])
+def test_advrun_report_on_metrics_that_are_not_advruns_is_one_line_naming_the_file(digits_run, tmp_path, capsys,
+                                                                                    content, words):
+    from advrun.reporting.cli import main
+
+    copy = tmp_path / "copy"
+    shutil.copytree(digits_run, copy)
+    for name in ("report.md", "report.html"):
+        (copy / name).unlink()
+    (copy / "metrics.json").write_bytes(content.encode("utf-8", "surrogateescape"))
+    assert main([str(copy)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"advrun-report: error: {copy / 'metrics.json'}: {words}"), lines
+    assert not (copy / "report.md").exists() and not (copy / "report.html").exists()
+
+
 def test_linear_model_pictures_for_logreg_and_regions_for_moons(logreg_run, moons_run):
     assert_picture(logreg_run / "linear_model.png")
     assert_svg(logreg_run / "linear_model.svg")
@@ -358,6 +380,17 @@ def test_sweep_summary_lists_every_job_with_its_status(sweep):
     assert "This run failed" in (sweep / "7_failed" / "report.html").read_text()  # the failed job got its report
 
 
+def test_a_job_whose_metrics_are_not_advruns_is_listed_as_failed(sweep, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(sweep, root)
+    job = find_jobs(root)[0]
+    (job / "metrics.json").write_text("[]")
+    (job / "report.html").unlink()
+    frame = write_sweep_report(root)
+    assert list(frame["status"]) == ["failed", "ok", "failed", "incomplete"]
+    assert frame["error"].iloc[0].startswith(f"{job / 'metrics.json'}: holds a JSON list, not advrun's metrics")
+
+
 def test_combined_curves_draw_one_line_per_finished_job(sweep):
     curves = [(f"job {i}", pd.read_csv(job / "curve.csv")) for i, job in enumerate(find_jobs(sweep)[:2])]
     figure = plots.plot_combined_curves(curves)
@@ -384,3 +417,15 @@ def test_advrun_report_rebuilds_a_sweep_and_refuses_other_folders(sweep, tmp_pat
         assert done.stderr.strip().count("\n") == 0 and str(target) in done.stderr and "Traceback" not in done.stderr
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["advrun-report"] == "advrun.reporting.cli:main"
+
+
+def test_ctrl_c_in_advrun_report_is_one_line_and_exit_130(digits_run, monkeypatch, capsys):
+    from advrun.reporting import cli, report
+
+    def interrupted(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "write_run_report", interrupted)
+    assert cli.main([str(digits_run)]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"advrun-report: interrupted (Ctrl-C); run it again to complete the report of {digits_run}"]

@@ -3,6 +3,8 @@ sweeper; readable job folders; output folders that two runs never share."""
 
 import copy
 import json
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
-from omegaconf import read_write
+from omegaconf import OmegaConf, read_write
 
 from advrun.config import config_dir
 from advrun.sweep import MARKER, MAX_NAME, AdvrunCallback, count_jobs, job_dir_name
@@ -58,9 +60,9 @@ def test_folder_overrides_read_back_by_hydra(path):
     """The override a moved folder is handed to the jobs with parses back to the same path."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from advrun.sweep import _quoted
+    from advrun.sweep import quoted
 
-    assert OverridesParser.create().parse_override(f"hydra.sweep.dir={_quoted(path)}").value() == path
+    assert OverridesParser.create().parse_override(f"hydra.sweep.dir={quoted(path)}").value() == path
 
 
 def test_basic_launcher_one_failing_job_does_not_stop_the_others(tmp_path):
@@ -196,7 +198,8 @@ def test_two_runs_started_together_never_share_a_folder(tmp_path):
     proc = run_inprocess(*NO_ATTACK, "seed=5", f"hydra.run.dir={taken}")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"advrun: error: hydra.run.dir: {taken} already holds a run; choose another output folder"]
+        (f"advrun: error: hydra.run.dir: {taken} already holds a finished run, which advrun never overwrites; "
+         "choose another output folder")]
     assert ((taken / "metrics.json").stat().st_mtime_ns, (taken / ".hydra" / "config.yaml").read_text()) == before
     assert not (taken / "error.txt").exists()
 
@@ -213,6 +216,7 @@ def test_a_sweep_folder_named_twice_is_refused(tmp_path):
 
 @pytest.mark.parametrize("choices, task, expected", [
     ([], ["attack.eps=0.05,0.1", "seed=0,1,2"], 6),
+    ([], ["seed=0,1,2", "attack.eps=0.05,0.1", "seed=3,4"], 4),  # a key given twice: its last values, as Hydra
     (["+experiment=crosslip_mnist"], ["+experiment=crosslip_mnist", "attack.eps=0.5,1"], 8),  # its 4 params x 2
     (["hydra/sweeper=optuna_robust", "hydra.sweeper.n_trials=7"], [], 7),
     ([], ["model=glob(*)"], None),  # glob needs Hydra's config loader: the bar counts without a total
@@ -223,3 +227,40 @@ def test_the_sweep_bar_knows_how_many_jobs_come(choices, task, expected):
     with read_write(cfg):
         cfg.hydra.overrides.task = task
     assert count_jobs(cfg) == expected
+
+
+def test_ctrl_c_in_a_sweep_writes_the_summary_and_lists_the_jobs_not_started(tmp_path):
+    """SIGINT (what Ctrl-C sends) in the second of four jobs: one line, exit status 130, and the
+    summary lists the finished job, the interrupted one and the two that never started."""
+    from tests.test_cache_resume import KILLED, start, stop_after_epoch
+
+    sweep = tmp_path / "sweep"
+    job = start("-m", *KILLED, "cache.enabled=false", "seed=0,1,2,3", f"hydra.sweep.dir={sweep}", cwd=tmp_path, env={})
+    err = stop_after_epoch(job, 3, signal.SIGINT, times=2)
+    assert job.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"advrun: interrupted (Ctrl-C); 1 incomplete (1) and 2 not started (2, 3) of 4 jobs (a failed job's folder "
+        f"holds its error.txt); sweep summary in {sweep}")
+    assert _summary(sweep) == {"0": "ok", "1": "incomplete", "2": "not started", "3": "not started"}
+    assert "4 jobs: 1 finished, 0 failed, 1 incomplete" in (sweep / "summary.md").read_text()
+    assert "2 not started" in (sweep / "summary.md").read_text()
+
+
+def test_jobs_not_started_are_named_as_their_folders_would_be(tmp_path):
+    """The names the summary gives jobs that never started are the names Hydra gives their folders."""
+    from advrun.reporting.sweep import write_sweep_report
+    from advrun.sweep import planned_job_names
+
+    sweep = tmp_path / "sweep"
+    proc = run_inprocess("-m", *NO_ATTACK, "model=logreg,mlp", "seed=0,1", f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr
+    planned = planned_job_names(OmegaConf.load(sweep / "multirun.yaml"))
+    assert [name for _, name, _ in planned] == _jobs(sweep) == ["0_model=logreg", "1_model=logreg", "2_model=mlp",
+                                                                "3_model=mlp"]
+    shutil.rmtree(sweep / "2_model=mlp")  # as if the sweep had stopped before it
+    frame = write_sweep_report(sweep)
+    assert dict(zip(frame["job"], frame["status"])) == {
+        "0_model=logreg": "ok", "1_model=logreg": "ok", "3_model=mlp": "ok", "2_model=mlp": "not started"}
+    row = frame[frame["job"] == "2_model=mlp"].iloc[0]
+    assert row["override:model"] == "mlp" and row["override:seed"] == "0"

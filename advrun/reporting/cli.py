@@ -1,6 +1,6 @@
 """``advrun-report PATH``: (re)build the report of a run folder or the summary of a sweep folder
 from the files on disk, so that a run or sweep made earlier, elsewhere, or interrupted can still
-be reported. Exit status 0 when the report was written, 2 when PATH is neither."""
+be reported. Exit status 0 when the report was written, 2 when PATH is neither, 130 on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from advrun.errors import AdvrunError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
 def report(path: Path, rebuild_jobs: bool = True) -> list[Path]:
     """Write the report of ``path`` (a run or a sweep folder); return the files written.
 
-    Raises :class:`AdvrunError` (key ``path``) when ``path`` is neither."""
+    Raises :class:`AdvrunError` (key ``path``) when ``path`` is neither, or naming a run's
+    ``metrics.json`` that is not advrun's metrics (not JSON, not an object)."""
     from advrun.reporting.report import write_run_report
     from advrun.reporting.sweep import write_sweep_report
     from advrun.runfolder import RunFolder, SweepFolder
@@ -38,6 +40,7 @@ def report(path: Path, rebuild_jobs: bool = True) -> list[Path]:
     if not path.is_dir():
         raise AdvrunError("path", f"{path} is not a folder")
     if RunFolder(path).is_run():
+        RunFolder(path).metrics()  # a metrics.json that is not advrun's: one line naming it, and no report
         return list(write_run_report(path))
     sweep = SweepFolder(path)
     if not sweep.jobs():
@@ -73,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     except AdvrunError as e:
         print(f"advrun-report: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # files are written whole or not at all: running it again completes the report
+        print(f"advrun-report: interrupted (Ctrl-C); run it again to complete the report of {args.path}",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     for file in written:
         print(file)
     return 0

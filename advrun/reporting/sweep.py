@@ -2,7 +2,8 @@
 
 Jobs are the folders below the sweep root that hold ``.hydra/config.yaml`` (whatever the folders
 are called). A job's status is ``ok`` (``metrics.json``), ``failed`` (``error.txt``, whose text is
-reported) or ``incomplete`` (neither: still running or interrupted), so a summary can be made of
+reported), ``incomplete`` (neither: still running or interrupted) or ``not started`` (a job the
+sweep planned, by its ``multirun.yaml``, that has no folder), so a summary can be made of
 a sweep that is partial, was interrupted, or was run elsewhere, and a failed job never hides
 the others. :func:`write_sweep_report` writes into the root:
 
@@ -85,13 +86,33 @@ def sweep_summary(root: str | Path) -> pd.DataFrame:
     """The summary frame of the sweep at ``root``: one row per job (columns ``job``, ``status``,
     ``error``, one ``override:KEY`` column per overridden key, then the metrics)."""
     root = Path(root)
-    records = [job_record(job, root) for job in find_jobs(root)]
+    jobs = find_jobs(root)
+    records = [job_record(job, root) for job in jobs]
+    records += not_started(root, {RunFolder(job).job_number() for job in jobs})
     frame = pd.DataFrame.from_records(records)
     if frame.empty:
         return pd.DataFrame(columns=[*LEADING, "error"])
     overrides = [c for c in frame.columns if c.startswith("override:")]
     rest = [c for c in frame.columns if c not in (*LEADING, "error", *overrides)]
     return frame[[*LEADING, *overrides, *rest, "error"]]
+
+
+def not_started(root: Path, started: set[float]) -> list[dict[str, Any]]:
+    """Rows of the jobs the sweep planned (:func:`advrun.sweep.planned_job_names` of its
+    ``multirun.yaml``) whose job number has no folder: status ``not started``."""
+    from omegaconf import OmegaConf
+
+    from advrun.sweep import planned_job_names
+
+    file = SweepFolder(root).file(SweepFolder.MULTIRUN)
+    try:
+        planned = planned_job_names(OmegaConf.load(file)) if file.is_file() else []
+    except Exception as e:  # noqa: BLE001 - a summary without the jobs not started, and the log says so
+        log.warning("%s cannot be read: %s", file, e)
+        planned = []
+    return [{"job": name, "status": "not started", "error": "",
+             **{f"override:{k}": v for k, v in map(parse_override, overrides)}}
+            for num, name, overrides in planned if num not in started]
 
 
 def varying_overrides(frame: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
@@ -153,7 +174,8 @@ def combined_curves(frame: pd.DataFrame, root: Path) -> list[tuple[str, pd.DataF
 def sweep_context(root: Path, frame: pd.DataFrame, report: str, picture: Path | None) -> dict[str, Any]:
     """What the summary shows, for ``sweep.j2``: job cells link each job's ``report`` (``report.md`` or
     ``report.html``); ``picture`` is the PNG of the combined curves, if any."""
-    counts = {s: int((frame["status"] == s).sum()) for s in ("ok", "failed", "incomplete")}
+    counts = {s.replace(" ", "_"): int((frame["status"] == s).sum())
+              for s in ("ok", "failed", "incomplete", "not started")}
     _, common = varying_overrides(frame)
     caption = ("Robust accuracy against epsilon, one line per finished job (certified accuracy, a lower bound, "
                "dashed where the job certified its model).")
