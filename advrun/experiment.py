@@ -275,7 +275,9 @@ def fit(cfg, model, defense, optimizer, scheduler, data, batch_size, generator, 
         if entry is not None:
             entry.store(model.state_dict(), history, spec, out)
             log.info("trained model stored in cache entry %s", entry.path)
-        checkpoint.unlink(missing_ok=True)
+            checkpoint.unlink(missing_ok=True)
+        # without the cache the run folder's checkpoint stays until the results are written
+        # (:func:`run`): a run stopped while it attacks resumes without training again
     return history, {"trained": True, "resumed": resumed, "source": str(entry.path) if entry is not None else None}
 
 
@@ -484,6 +486,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         folder.write_config(OmegaConf.to_yaml(cfg))
     result = execute(planned)
     folder.write(result)
+    folder.checkpoint.unlink(missing_ok=True)
     print_summary(planned, result)
     if not planned.figures:
         results.print(f"results in {folder.path} (report=false: no figures or report)")

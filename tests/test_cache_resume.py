@@ -120,6 +120,26 @@ def test_an_interrupted_run_resumes_and_ends_as_if_never_interrupted(make_cfg, t
     assert not checkpoint.exists()
 
 
+def test_a_run_stopped_while_it_attacks_resumes_without_training_again(make_cfg, tmp_path, monkeypatch):
+    cfg = make_cfg(*RUN, "train.epochs=3", "cache.enabled=false")
+    reference = experiment.run(cfg, tmp_path / "ref")
+    with monkeypatch.context() as patch:
+        def interrupted(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        patch.setattr(experiment, "robustness_curve", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            experiment.run(cfg, tmp_path / "run")
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 3
+
+    epochs_trained = []
+    monkeypatch.setattr(Standard, "end_of_epoch", lambda self, model, epoch: epochs_trained.append(epoch))
+    resumed = experiment.run(cfg, tmp_path / "run")
+    assert epochs_trained == [] and resumed["training"]["resumed"]
+    assert numbers(resumed) == numbers(reference) and not checkpoint.exists()
+
+
 #: A run whose training (60 short epochs) lasts long enough to be stopped at a known epoch.
 KILLED = ["device=cpu", "attack=fgsm", "dataset.n_train=300", "train.epochs=60", "model.hidden=[32]",
           "eval.n_samples=50", "eval.audit=false", "report=false"]
