@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from torch import nn
 
 from advrun.config import config_dir
 
@@ -32,6 +34,28 @@ TINY = [
     "report=false",
 ]
 
+#: TINY with a two-step attack at two budgets: a whole run from the command line in a second or two.
+FAST = [*TINY, "attack.steps=2", "eval.epsilons=[0,0.1]"]
+
+#: Per defense, the overrides that make a TINY run train in about a second.
+TINY_DEFENSE = {
+    "adversarial": ["defense.attack.steps=2"],
+    "trades": ["defense.steps=2"],
+    "fast_at": ["defense.check_steps=2"],
+    "linear_robust": ["model=logreg"],  # the closed form is exact for affine models only
+    "cross_lipschitz": ["model.hidden=[32]"],  # one hidden layer: the closed form (any model: autograd)
+}
+
+
+def linear_model(d: int = 12, k: int = 3, seed: int = 0, gain: float = 1.0):
+    """Softmax regression on ``d`` inputs and ``k`` classes (weights from ``seed``, scaled by
+    ``gain``) in eval mode, with its weight and bias: ``(model, w, b)``, for closed forms."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(d, k))
+    with torch.no_grad():
+        model[1].weight.mul_(gain)
+    return model.eval(), model[1].weight.detach(), model[1].bias.detach()
+
 
 def groups() -> dict[str, list[str]]:
     """Every option of every config group, read from conf/."""
@@ -51,6 +75,30 @@ def make_cfg():
             return compose(config_name="config", overrides=list(overrides))
 
     return _compose
+
+
+class FakeCIFAR10:
+    """A stand-in for torchvision's CIFAR10, which checks file checksums: the same attributes
+    (HWC uint8 ``data``, list ``targets``, ``classes``); channel 0 is 255, channel 1 is 0 and
+    channel 2 random, so that the channel order can be checked and a model has something to learn."""
+
+    classes = [f"c{i}" for i in range(10)]
+
+    def __init__(self, root, train, download):
+        n = 100 if train else 40
+        self.targets = [i % 10 for i in range(n)]
+        self.data = np.zeros((n, 32, 32, 3), dtype=np.uint8)
+        self.data[..., 0] = 255
+        self.data[..., 2] = np.random.default_rng(0 if train else 1).integers(0, 256, size=(n, 32, 32))
+
+
+@pytest.fixture
+def fake_cifar10(monkeypatch):
+    """torchvision's CIFAR10 replaced by :class:`FakeCIFAR10` for one test."""
+    import torchvision.datasets as tvd
+
+    monkeypatch.setattr(tvd, "CIFAR10", FakeCIFAR10)
+    return FakeCIFAR10
 
 
 @pytest.fixture(scope="session")

@@ -10,12 +10,7 @@ from torch import nn
 from advrun.attacks import FGSM, PGD, check_adversarial, lp_norm
 from advrun.attacks.base import Goal
 from advrun.errors import AttackCheckError, InvalidValue
-
-
-def linear_model(d=12, k=3, seed=0):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(d, k))
-    return model, model[1].weight.detach(), model[1].bias.detach()
+from tests.conftest import linear_model
 
 
 def small_mlp(d=12, k=4):

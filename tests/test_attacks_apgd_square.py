@@ -14,12 +14,7 @@ from advrun.attacks.base import Goal
 from advrun.attacks.square import bump, l2_window, square_fraction
 from advrun.config import build
 from advrun.errors import InvalidValue
-
-
-def linear_model(d=10, k=2, seed=3):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(d, k))
-    return model, model[1].weight.detach()
+from tests.conftest import linear_model
 
 
 def small_mlp(in_features=12, k=4):
@@ -80,7 +75,7 @@ def test_apgd_reaches_the_optimum_on_a_linear_model(norm, eps):
     """Two-class softmax regression, interior points: the worst perturbation is eps * sign(w_o - w_y)
     (Linf) or eps * (w_o - w_y) / ||w_o - w_y|| (L2). APGD fools exactly the samples the
     optimum fools and lands on the optimum for the others."""
-    model, w = linear_model()
+    model, w, _ = linear_model(d=10, k=2, seed=3)
     x = torch.rand(200, 10) * 0.5 + 0.25
     y = torch.randint(0, 2, (200,))
     direction = torch.where(y[:, None] == 0, w[1] - w[0], w[0] - w[1])

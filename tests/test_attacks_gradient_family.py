@@ -14,14 +14,7 @@ from advrun.attacks import BIM, FGM, FGSM, MIFGSM, lp_norm
 from advrun.attacks.base import Goal
 from advrun.attacks.bim import kurakin_steps
 from advrun.errors import InvalidValue
-
-
-def linear_model(d=12, k=3, seed=0, gain=1.0):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(d, k))
-    with torch.no_grad():
-        model[1].weight.mul_(gain)
-    return model.eval(), model[1].weight.detach(), model[1].bias.detach()
+from tests.conftest import linear_model
 
 
 def ce_gradient(x, w, b, labels):

@@ -10,9 +10,8 @@ import torch
 
 import advrun
 from advrun.data import load_dataset
-from tests.conftest import TINY, groups, run_cli, run_inprocess
+from tests.conftest import FAST, TINY, groups, run_cli, run_inprocess
 
-FAST = [*TINY, "attack.steps=2", "eval.epsilons=[0,0.1]"]
 SETTINGS_ONLY = [*TINY, "eval.epsilons=[0,0.1]"]  # for runs that must stop before any attack
 
 

@@ -1,6 +1,5 @@
 """Data sets: bounds, shapes, splits, class selection, limits and missing files."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -68,21 +67,7 @@ def test_mnist_layouts_load_from_disk(tmp_path, name, folder):
     assert len(data.x_test) == 6  # 20 test images, labels cycling 0..9
 
 
-def test_cifar10_arrays_are_channels_first_in_bounds(monkeypatch):
-    """torchvision's CIFAR10 checks file checksums, so the class is replaced by a stand-in
-    with the same attributes (HWC uint8 ``data``, list ``targets``, ``classes``)."""
-    import torchvision.datasets as tvd
-
-    class FakeCIFAR10:
-        classes = [f"c{i}" for i in range(10)]
-
-        def __init__(self, root, train, download):
-            n = 30 if train else 10
-            self.data = np.full((n, 32, 32, 3), 255, dtype=np.uint8)
-            self.data[:, :, :, 1] = 0
-            self.targets = [i % 10 for i in range(n)]
-
-    monkeypatch.setattr(tvd, "CIFAR10", FakeCIFAR10)
+def test_cifar10_arrays_are_channels_first_in_bounds(fake_cifar10):
     data = load_dataset({"name": "cifar10", "root": "unused", "download": False})
     assert data.shape == (3, 32, 32) and data.num_classes == 10
     assert torch.equal(data.x_train[0, 0], torch.ones(32, 32)) and torch.equal(data.x_train[0, 1], torch.zeros(32, 32))

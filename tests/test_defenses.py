@@ -19,17 +19,10 @@ from advrun.defenses import (
 from advrun.errors import ConfigError, InvalidValue
 from advrun.models import CNN, MLP, LogReg
 from advrun.training import accuracy, train
-from tests.conftest import TINY
+from tests.conftest import TINY, TINY_DEFENSE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-#: Per new defense, the overrides that make a TINY run take about a second.
-TINY_DEFENSE = {
-    "trades": ["defense.steps=2"],
-    "fast_at": ["defense.check_steps=2"],
-    "linear_robust": ["model=logreg"],  # closed form for affine models only
-    "cross_lipschitz": ["model.hidden=[32]"],  # the closed form; any model runs (autograd form)
-}
 
 
 class ModeRecorder(nn.Module):

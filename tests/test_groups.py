@@ -2,11 +2,10 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from advrun import experiment
-from tests.conftest import TINY, groups
+from tests.conftest import TINY, TINY_DEFENSE, groups
 from tests.fake_data import write_mnist_like
 
 #: Tiny models on a shared 2-core machine: a second intra-op thread only adds contention.
@@ -29,14 +28,6 @@ TINY_ATTACK = {
                  "attack.attacks.2.n_queries=20"],
 }
 
-#: Per defense, the overrides that make it train in about a second.
-TINY_DEFENSE = {
-    "adversarial": ["defense.attack.steps=2"],
-    "trades": ["defense.steps=2"],
-    "fast_at": ["defense.check_steps=2"],
-    "linear_robust": ["model=logreg"],  # exact for affine models only
-    "cross_lipschitz": ["model.hidden=[32]"],  # one hidden layer: the closed form
-}
 
 #: Per model, the overrides that make it train in about a second.
 TINY_MODEL = {
@@ -57,22 +48,6 @@ def test_the_groups_hold_the_documented_options():
     assert {"sgd", "adam"} <= set(found["optimizer"])
     assert {"none", "fgsm", "pgd"} <= set(found["attack"])
     assert {"none", "adversarial", "trades", "fast_at", "linear_robust", "cross_lipschitz"} <= set(found["defense"])
-
-
-@pytest.fixture
-def fake_cifar10(monkeypatch):
-    import torchvision.datasets as tvd
-
-    class FakeCIFAR10:
-        classes = [f"c{i}" for i in range(10)]
-
-        def __init__(self, root, train, download):
-            n = 100 if train else 40
-            rng = np.random.default_rng(0)
-            self.targets = [i % 10 for i in range(n)]
-            self.data = rng.integers(0, 255, size=(n, 32, 32, 3), dtype=np.uint8)
-
-    monkeypatch.setattr(tvd, "CIFAR10", FakeCIFAR10)
 
 
 def _data_overrides(option, tmp_path, request):

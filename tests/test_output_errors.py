@@ -21,9 +21,8 @@ import torch
 
 from advrun import io
 from advrun.errors import OutputError
-from tests.conftest import TINY, run_inprocess
+from tests.conftest import FAST, run_inprocess
 
-FAST = [*TINY, "attack.steps=2", "eval.epsilons=[0,0.1]", "eval.audit=false"]
 
 
 def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):

@@ -17,9 +17,8 @@ from omegaconf import OmegaConf, read_write
 
 from advrun.config import config_dir
 from advrun.sweep import MARKER, MAX_NAME, AdvrunCallback, count_jobs, job_dir_name
-from tests.conftest import TINY, run_cli, run_inprocess
+from tests.conftest import FAST, TINY, run_cli, run_inprocess
 
-FAST = [*TINY, "attack.steps=2", "eval.epsilons=[0,0.1]"]
 NO_ATTACK = [*TINY, "attack=none"]
 
 
