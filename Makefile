@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 DOCS_STAMP := $(VENV)/.docs-stamp
 PIP_FLAGS ?= -q --disable-pip-version-check
 
-.PHONY: install run test test-slow test-all bench clean
+.PHONY: install run test test-slow test-all browser bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,15 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Headless Chromium (Debian's chromium package) for tests/test_report_html.py, which skips without it.
+# Needs apt-get and root (or sudo).
+SUDO ?= $(if $(filter 0,$(shell id -u)),,sudo)
+
+browser:
+	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium; }
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_runner.py

@@ -1,12 +1,11 @@
 """The HTML reports open in a real browser: headless Chromium renders the tables and the figures.
 
-Chromium is Debian's ``chromium`` package; the session fixture installs it with apt-get when it
-is missing and the tests run as root, and skips with the reason otherwise.
+Chromium is Debian's ``chromium`` package, installed by ``make browser`` (and by .ci/run); the
+tests skip with that reason where it is absent. They install nothing.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -33,23 +32,9 @@ def _find() -> str | None:
 @pytest.fixture(scope="session")
 def chromium() -> str:
     found = _find()
-    if found:
-        return found
-    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("headless Chromium is not installed and cannot be installed here (needs root and apt-get); "
-                    "install Debian's chromium package to run this test")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
-    try:
-        done = subprocess.run(install, capture_output=True, text=True, timeout=300, env=env)
-        if done.returncode != 0:  # stale package lists: refresh them once
-            subprocess.run(["apt-get", "update"], capture_output=True, timeout=300, env=env)
-            done = subprocess.run(install, capture_output=True, text=True, timeout=300, env=env)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        pytest.skip(f"installing chromium with apt-get failed: {e}")
-    found = _find()
     if not found:
-        pytest.skip(f"installing chromium with apt-get failed: {done.stderr.strip()[-300:]}")
+        pytest.skip(f"headless Chromium is not installed (none of {', '.join(_NAMES)} on PATH): "
+                    "`make browser` installs Debian's chromium package")
     return found
 
 
