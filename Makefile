@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 DOCS_STAMP := $(VENV)/.docs-stamp
 PIP_FLAGS ?= -q --disable-pip-version-check
 
-.PHONY: install run test test-slow test-all browser bench clean
+.PHONY: install run test test-slow test-all test-numerics browser bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The tests marked numerics (peer comparisons, studies, determinism) and not slow: .ci/run runs them
+# again under ATEN_CPU_CAPABILITY=avx2 and default, the kernels of other CPUs. Exit 5 (nothing
+# selected, e.g. with PYTEST_ADDOPTS narrowing the run) counts as success.
+test-numerics: $(STAMP)
+	$(BIN)/python -m pytest -m 'numerics and not slow' -n $(TEST_WORKERS) || test $$? -eq 5
 
 # Headless Chromium (Debian's chromium package) for tests/test_report_html.py, which skips without it.
 # Needs apt-get and root (or sudo).

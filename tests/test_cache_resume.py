@@ -262,6 +262,7 @@ def test_a_nan_loss_from_the_command_line_is_one_clear_error(tmp_path):
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+@pytest.mark.numerics
 def test_identical_runs_write_identical_results(make_cfg, tmp_path):
     """Determinism: the same config and seed (seed 0 included) give the same numbers and the same
     curve.csv, byte for byte, with the cache off so that both runs train."""

@@ -7,6 +7,8 @@ import torch
 
 from advrun.attacks import APGD, Square
 
+pytestmark = pytest.mark.numerics
+
 TOLERANCE = 0.012  # about one point of robust accuracy (5 of 450 samples)
 
 

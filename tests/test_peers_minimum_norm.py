@@ -12,7 +12,7 @@ from advrun.attacks import CW, DeepFool
 TOLERANCE = 1.05
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.numerics]
 
 
 def fooled_and_norms(model, x, y, x_adv, p=2.0):
