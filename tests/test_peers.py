@@ -1,5 +1,9 @@
 """FGSM and PGD against independent implementations (torchattacks, ART, foolbox) on the same
-model and inputs. The peers are test-only dependencies; each test skips if its peer is missing."""
+model and inputs. The peers are test-only dependencies; each test skips if its peer is missing.
+
+The comparisons allow what float error explains and nothing more: a coordinate whose gradient
+has no reliable sign (FGSM), a few samples whose iterates split at a tie (PGD); see
+tests/conftest.py. Under another ATEN_CPU_CAPABILITY the same code picks other kernels."""
 
 import math
 
@@ -8,6 +12,9 @@ import pytest
 import torch
 
 from advrun.attacks import FGSM, PGD
+from tests.conftest import assert_same_iterates, assert_same_sign_step
+
+pytestmark = pytest.mark.numerics
 
 
 @pytest.fixture
@@ -21,7 +28,7 @@ def test_fgsm_matches_torchattacks(setup):
     model, x, y = setup
     ours = FGSM(eps=0.1)(model, x, y).x_adv
     theirs = torchattacks.FGSM(model, eps=0.1)(x, y)
-    torch.testing.assert_close(ours, theirs)
+    assert_same_sign_step(model, x, y, ours, theirs)
 
 
 def test_linf_pgd_without_random_start_matches_torchattacks(setup):
@@ -29,7 +36,7 @@ def test_linf_pgd_without_random_start_matches_torchattacks(setup):
     model, x, y = setup
     ours = PGD(eps=0.1, steps=10, random_start=False, keep_best=False)(model, x, y).x_adv
     theirs = torchattacks.PGD(model, eps=0.1, alpha=0.025, steps=10, random_start=False)(x, y)
-    torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=0)
+    assert_same_iterates(ours, theirs)
 
 
 def test_l2_pgd_without_random_start_matches_torchattacks(setup):
@@ -42,7 +49,7 @@ def test_l2_pgd_without_random_start_matches_torchattacks(setup):
     ours = PGD(eps=1.0, norm=2, steps=10, random_start=False, keep_best=False)(model, x, y).x_adv
     peer = torchattacks.PGDL2(model, eps=1.0, alpha=0.25, steps=10, random_start=False)
     theirs = torch.cat([peer(x[i : i + 1], y[i : i + 1]) for i in range(len(x))])
-    torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=0)
+    assert_same_iterates(ours, theirs)
 
 
 def test_pgd_keeping_the_best_iterate_is_at_least_as_strong_as_torchattacks(setup):
@@ -64,7 +71,7 @@ def test_fgsm_matches_art(setup):
     classifier = PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 8, 8),
                                    nb_classes=10, clip_values=(0.0, 1.0))
     theirs = FastGradientMethod(classifier, norm=np.inf, eps=0.1).generate(x.numpy(), y=y.numpy())
-    torch.testing.assert_close(FGSM(eps=0.1)(model, x, y).x_adv, torch.from_numpy(theirs))
+    assert_same_sign_step(model, x, y, FGSM(eps=0.1)(model, x, y).x_adv, torch.from_numpy(theirs))
 
 
 def test_pgd_matches_foolbox(setup):
@@ -74,5 +81,5 @@ def test_pgd_matches_foolbox(setup):
     attack = fb.attacks.LinfPGD(abs_stepsize=0.025, steps=10, random_start=False)
     _, theirs, _ = attack(fmodel, x, y, epsilons=0.1)
     ours = PGD(eps=0.1, steps=10, random_start=False, keep_best=False)(model, x, y).x_adv
-    torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=0)
-    assert math.isclose(float((ours - x).abs().amax()), 0.1, rel_tol=1e-5)
+    assert_same_iterates(ours, theirs)
+    assert math.isclose(float((ours - x).abs().amax()), 0.1, rel_tol=1e-5)  # float32 ulp of 0.1-1: 6e-8
