@@ -23,6 +23,7 @@ def test_fgsm_on_a_linear_model_is_the_closed_form():
     x = torch.rand(64, 12) * 0.6 + 0.2  # interior points: eps = 0.1 never reaches the bounds
     y = torch.randint(0, 3, (64,))
     grad = (torch.softmax(x @ w.T + b, dim=1) - F.one_hot(y, 3).float()) @ w
+    assert grad.abs().min() > 1e-4  # no sign within float error (~1e-7) of a tie: any kernel agrees
     expected = x + 0.1 * grad.sign()
     result = FGSM(eps=0.1)(model, x, y)
     torch.testing.assert_close(result.x_adv, expected)
@@ -34,6 +35,7 @@ def test_fgsm_on_binary_softmax_regression_moves_along_the_weight_difference():
     model, w, _ = linear_model(d=10, k=2)
     x = torch.rand(40, 10)
     y = torch.randint(0, 2, (40,))
+    assert (w[1] - w[0]).abs().min() > 1e-4  # no sign within float error of a tie
     direction = torch.where(y[:, None] == 0, (w[1] - w[0]).sign(), (w[0] - w[1]).sign())
     expected = (x + 0.25 * direction).clamp(0, 1)
     torch.testing.assert_close(FGSM(eps=0.25)(model, x, y).x_adv, expected)
@@ -71,6 +73,9 @@ def test_pgd_reaches_the_optimum_on_a_linear_model():
     with torch.no_grad():
         fooled_at_optimum = model(optimum).argmax(1) != y
     assert 0 < fooled_at_optimum.sum() < len(y)  # the test covers both cases
+    with torch.no_grad():
+        top2 = model(optimum).topk(2, dim=1).values
+    assert (top2[:, 0] - top2[:, 1]).min() > 1e-4  # none within float error of the boundary: one answer each
     result = PGD(eps=eps, steps=20, random_start=True)(model, x, y)
     assert torch.equal(result.success, fooled_at_optimum)
     torch.testing.assert_close(result.x_adv[~fooled_at_optimum], optimum[~fooled_at_optimum])
