@@ -63,10 +63,12 @@ def linear_model(d: int = 12, k: int = 3, seed: int = 0, gain: float = 1.0):
 PEER_ATOL = 2e-5
 
 #: At most this share of the samples may follow another trajectory than the peer's (see
-#: :func:`assert_same_iterates`). Measured on the digits models under ATEN_CPU_CAPABILITY=default
-#: and avx2: 0-3 of 200 samples (Linf PGD, CNN), 0-1 of 60 (L2 PGD, CNN); a wrong step size, sign
-#: or projection moves nearly every sample.
-MAX_SPLIT = 0.05
+#: :func:`assert_same_iterates`). Measured on the digits models, ATEN_CPU_CAPABILITY=avx2 / default:
+#: Linf PGD (CNN) 0 / 3 of 200 samples, L2 PGD (CNN) 1 / 0 of 60, BIM (30 steps, MLP) 0 / 17 of 200,
+#: MI-FGSM (MLP) 0 / 12 of 200: samples classified so confidently that their gradient is mostly
+#: float error. A wrong step size, sign or projection moves nearly every sample (measured: a step
+#: of 0.026 instead of 0.025 moves 197 of 200).
+MAX_SPLIT = 0.15
 
 
 def assert_same_iterates(ours: torch.Tensor, theirs: torch.Tensor, atol: float = PEER_ATOL,
