@@ -86,8 +86,12 @@ def test_apgd_reaches_the_optimum_on_a_linear_model(norm, eps):
     assert 20 < fooled_at_optimum.sum() < 180
     result = APGD(eps=eps, norm=norm)(model, x, y)
     assert torch.equal(result.success, fooled_at_optimum)
-    tolerance = 1e-6 if norm == "inf" else 1e-3 * eps  # L2: the iterates approach the optimum on the sphere
-    torch.testing.assert_close(result.x_adv[~fooled_at_optimum], optimum[~fooled_at_optimum], atol=tolerance, rtol=0)
+    gap = (result.x_adv - optimum)[~fooled_at_optimum]
+    if norm == "inf":  # the corner of the box is reached exactly: float error of x + eps (~6e-8)
+        assert gap.abs().max() <= 1e-6
+    else:  # the iterates approach the optimum on the sphere: a convergence error, not a float one.
+        # Seeds 0-4, ATEN_CPU_CAPABILITY avx2 and default: largest distance 0.9e-3 to 1.8e-3 eps
+        assert gap.norm(dim=1).max() <= 5e-3 * eps
 
 
 @pytest.mark.parametrize("loss", ["ce", "dlr", "dlr_targeted"])
