@@ -109,7 +109,7 @@ def _main(session: sessions.Session) -> None:
                 raise  # from a run: a bug, shown with its traceback (also in the run folder's traceback.txt)
             # while Hydra applied the command line, e.g. OmegaConf's ValueError for eval.epsilons.x=1
             key = failing_override(e.__traceback__) or "command line"
-            _usage_error(f"{key}: cannot apply this override ({type(e).__name__}: {e})")
+            _usage_error(AdvrunError(key, f"cannot apply this override ({type(e).__name__}: {e})"))
         finally:
             del os.environ["HYDRA_FULL_ERROR"]
     outcome = session.sweep

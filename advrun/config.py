@@ -4,7 +4,6 @@ that name the offending key, and validation of the run-wide keys."""
 from __future__ import annotations
 
 import inspect
-import math
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +13,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from advrun.errors import ConfigError, InvalidValue, require_non_negative, require_positive
+from advrun.errors import (BUDGET, SEED, Check, ConfigError, InvalidValue, Number, Switch, check_fields, keyed,
+                           require_non_negative, require_positive, shown)
 
 if TYPE_CHECKING:
     import torch
@@ -53,7 +53,8 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
         # Hydra names list items without a dot ("attack.attacks1"): write them as "attack.attacks.1"
         where = re.sub(r"(?<=[A-Za-z_])(\d+)(?=\.|$)", r".\1", found.group(1)) if found else key
         if isinstance(cause, InvalidValue):
-            raise ConfigError(f"{where}.{cause.field}", cause.message) from None
+            with keyed(where):
+                raise cause
         if isinstance(cause, TypeError):
             raise _keyword_error(node, key, where, cause, supplied=set(kwargs)) from None
         if isinstance(cause, ValueError):
@@ -77,10 +78,9 @@ def composition_error(error: HydraException | OmegaConfBaseException) -> ConfigE
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options is not None:
         group, _, name = error.missing_cfg_file.rpartition("/")
         options = ", ".join(sorted(error.options)) or "none"
-        return ConfigError(group or name, f"no option {name!r}; available options in {group!r}: {options}")
+        return ConfigError(group or name, f"no option {shown(name)}; available options in {group!r}: {options}")
     if isinstance(error, OverrideParseException):
-        key = error.override.split("=", 1)[0].lstrip("+~") or "command line"
-        return ConfigError(key, f"cannot parse override {error.override!r}: {one_line(error.message)}")
+        return _unparsed(error.override, one_line(error.message))
     cause = error if isinstance(error, OmegaConfBaseException) else error.__cause__
     key = getattr(cause, "full_key", None) if isinstance(cause, OmegaConfBaseException) else None
     if key and isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and "not in struct" in str(cause):
@@ -100,6 +100,18 @@ def composition_error(error: HydraException | OmegaConfBaseException) -> ConfigE
         quoted = re.search(r"'([A-Za-z_][\w.]*)'", message)
         key = quoted.group(1) if quoted else None
     return ConfigError(key or "command line", message)
+
+
+def _unparsed(override: str, reason: str) -> ConfigError:
+    """An override Hydra's grammar rejects; most often a text value (a path, a name) with
+    characters Hydra reads only inside quotes: non-ASCII letters, brackets, ``=``, ``:``."""
+    key, _, value = override.partition("=")
+    key = key.lstrip("+~") or "command line"
+    if "LexerNoViableAlt" in reason:
+        reason = "characters Hydra reads only in a quoted value" + (" (non-ASCII)" if not value.isascii() else "")
+    hint = f"; quote a text value, the shell's quotes around Hydra's: '{key}=\"{value}\"'" if value and \
+        value[0] not in "\"'[{" else ""
+    return ConfigError(key, f"cannot parse override {shown(override)}: {reason}{hint}")
 
 
 def _keyword_error(node: DictConfig, key: str, where: str, error: TypeError, supplied: set[str]) -> ConfigError:
@@ -125,23 +137,26 @@ def _keyword_error(node: DictConfig, key: str, where: str, error: TypeError, sup
                                                     f"another choice of this group, or misspelt?)")
 
 
-def _int(cfg: DictConfig, key: str, minimum: int, allow_none: bool = False) -> int | None:
-    value = OmegaConf.select(cfg, key)
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        extra = " or null" if allow_none else ""
-        raise ConfigError(key, f"must be an integer >= {minimum}{extra}, got {value!r}")
-    return value
+#: The run-wide keys and the values they take, checked by :func:`validate_run`.
+RUN_FIELDS: dict[str, Check] = {
+    "seed": SEED,
+    "train.epochs": Number(0, integer=True),
+    "eval.n_samples": Number(1, integer=True, optional=True),
+    "eval.batch_size": Number(1, integer=True),
+    "cache.enabled": Switch(),
+    "deterministic": Switch(),
+    "report": Switch(),
+}
 
 
 def epsilons_from(value: Any, key: str) -> list[float]:
-    """Validate a budget list: non-empty, finite numbers >= 0; returned sorted without duplicates."""
+    """Validate a budget list: non-empty, each a budget (:data:`advrun.errors.BUDGET`); returned
+    sorted without duplicates."""
     if not isinstance(value, (list, tuple)) or not value:
-        raise ConfigError(key, f"must be a non-empty list of budgets, got {value!r}")
+        raise ConfigError(key, f"must be a non-empty list of budgets, got {shown(value)}")
     for eps in value:
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-            raise ConfigError(key, f"budgets must be finite numbers >= 0, got {eps!r}")
+        if not BUDGET.holds(eps):
+            raise ConfigError(key, f"budgets must be {BUDGET.description()}, got {shown(eps)}")
     return sorted({float(e) for e in value})
 
 
@@ -149,26 +164,24 @@ GROUPS = ("dataset", "model", "optimizer", "attack", "defense")
 _RATE_KEYS = ("lr",)  # finite and > 0
 _NON_NEGATIVE_KEYS = ("momentum", "weight_decay", "eps", "alpha", "dampening", "lr_decay", "initial_accumulator_value")
 _SWITCH_KEYS = ("nesterov", "amsgrad", "centered", "maximize", "foreach")
+_BETA = Number(0, 1, high_open=True)
 
 
 def check_optimizer(node: DictConfig) -> None:
     """The optimizer's numbers, checked before PyTorch sees them, so that a bad value is reported
     under its own key (``optimizer.lr``) rather than as PyTorch's message about the group."""
-    try:
+    with keyed("optimizer"):
         for key, value in node.items():
             if key in _RATE_KEYS:
                 require_positive(key, value)
             elif key in _NON_NEGATIVE_KEYS:
                 require_non_negative(key, value)
-            elif key in _SWITCH_KEYS and not isinstance(value, bool):
-                raise InvalidValue(key, f"must be true or false, got {value!r}")
+            elif key in _SWITCH_KEYS:
+                Switch().check(key, value)
             elif key == "betas":
                 betas = to_container(value)
-                if not (isinstance(betas, list) and len(betas) == 2 and all(
-                        not isinstance(b, bool) and isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
-                    raise InvalidValue(key, f"must be two numbers in [0, 1), got {betas!r}")
-    except InvalidValue as e:
-        raise ConfigError(f"optimizer.{e.field}", e.message) from None
+                if not (isinstance(betas, list) and len(betas) == 2 and all(map(_BETA.holds, betas))):
+                    raise InvalidValue(key, f"must be two numbers in [0, 1), got {shown(betas)}")
 
 
 def _check_keys(cfg: DictConfig) -> None:
@@ -183,7 +196,7 @@ def _check_keys(cfg: DictConfig) -> None:
     for section in ("train", "eval", "cache"):
         node = cfg.get(section)
         if not isinstance(node, DictConfig):
-            raise ConfigError(section, f"must be a group of keys ({', '.join(base[section])}), got {node!r}")
+            raise ConfigError(section, f"must be a group of keys ({', '.join(base[section])}), got {shown(node)}")
         for key in node:
             if key not in base[section]:
                 raise ConfigError(f"{section}.{key}", f"is not a key of {section}; its keys: {', '.join(base[section])}")
@@ -196,22 +209,14 @@ def validate_run(cfg: DictConfig) -> None:
     except OmegaConfBaseException as e:
         raise composition_error(e) from None
     _check_keys(cfg)
-    _int(cfg, "seed", 0)
-    _int(cfg, "train.epochs", 0)
+    with keyed(""):
+        check_fields({key: OmegaConf.select(cfg, key) for key in RUN_FIELDS}, RUN_FIELDS)
     if cfg.train.epochs == 0 and not OmegaConf.select(cfg, "model.checkpoint"):
         raise ConfigError("train.epochs", "must be >= 1 (0, evaluating saved weights as they are, needs model.checkpoint)")
-    if cfg.train.batch_size != "full":
-        try:
-            _int(cfg, "train.batch_size", 1)
-        except ConfigError:
-            raise ConfigError("train.batch_size", f"must be an integer >= 1 or full, got {cfg.train.batch_size!r}") from None
-    for key in ("cache.enabled", "deterministic", "report"):
-        if not isinstance(OmegaConf.select(cfg, key), bool):
-            raise ConfigError(key, f"must be true or false, got {OmegaConf.select(cfg, key)!r}")
+    if cfg.train.batch_size != "full" and not Number(1, integer=True).holds(cfg.train.batch_size):
+        raise ConfigError("train.batch_size", f"must be an integer >= 1 or full, got {shown(cfg.train.batch_size)}")
     if cfg.cache.enabled and (not isinstance(cfg.cache.dir, str) or not cfg.cache.dir):
-        raise ConfigError("cache.dir", f"must be a folder path, got {cfg.cache.dir!r}")
-    _int(cfg, "eval.n_samples", 1, allow_none=True)
-    _int(cfg, "eval.batch_size", 1)
+        raise ConfigError("cache.dir", f"must be a folder path, got {shown(cfg.cache.dir)}")
     if cfg.eval.epsilons is not None:
         epsilons_from(to_container(cfg.eval.epsilons), "eval.epsilons")
     resolve_device(cfg.device)
@@ -222,7 +227,7 @@ def resolve_device(name: Any) -> "torch.device":
     import torch
 
     if not isinstance(name, str) or name.split(":")[0] not in DEVICES:
-        raise ConfigError("device", f"unknown device {name!r}; choose one of {list(DEVICES)} (or cuda:N)")
+        raise ConfigError("device", f"unknown device {shown(name)}; choose one of {list(DEVICES)} (or cuda:N)")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

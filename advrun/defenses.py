@@ -24,7 +24,7 @@ from torch import nn
 from advrun.attacks.base import Attack, Bounds, check_adversarial, eval_mode, input_gradient
 from advrun.attacks.norms import dual_norm, norm_field, project, steepest_direction
 from advrun.attacks.pgd import PGD
-from advrun.errors import InvalidValue, require_int, require_non_negative, require_positive
+from advrun.errors import InvalidValue, Number, require_int, require_non_negative, require_positive
 from advrun.losses import get_loss
 from advrun.structure import affine_parameters, check_affine, has_batch_norm, logit_jacobian, one_hidden_layer
 from advrun.training import predict
@@ -84,8 +84,7 @@ class Adversarial(Standard):
     def __post_init__(self) -> None:
         if not isinstance(self.attack, Attack):
             raise InvalidValue("attack", f"needs an attack config with a _target_, got {self.attack!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
-            raise InvalidValue("alpha", f"must lie in [0, 1], got {self.alpha!r}")
+        Number(0, 1).check("alpha", self.alpha)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x_adv = self.attack(model, x, y, bounds=self.bounds).x_adv
@@ -190,9 +189,7 @@ class FastAT(Adversarial):
 
     def __post_init__(self) -> None:
         require_int("check_steps", self.check_steps, minimum=1)
-        if isinstance(self.overfit_drop, bool) or not isinstance(self.overfit_drop, (int, float)) \
-                or not 0 < self.overfit_drop <= 1:
-            raise InvalidValue("overfit_drop", f"must lie in (0, 1], got {self.overfit_drop!r}")
+        Number(0, 1, low_open=True).check("overfit_drop", self.overfit_drop)
         if self.on_overfit not in ("warn", "stop"):
             raise InvalidValue("on_overfit", f"must be 'warn' or 'stop', got {self.on_overfit!r}")
         self.attack = PGD(eps=self.eps, norm="inf", steps=1, step_size=self.step_size, step_scale=self.step_scale,

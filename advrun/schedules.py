@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from advrun.errors import InvalidValue, require_int, require_positive
+from advrun.errors import InvalidValue, Number, require_int, require_positive
 
 SCHEDULES = ("constant", "step", "cosine", "cyclic", "inverse")
 
@@ -44,8 +44,7 @@ def lr_factor(
     if name == "cosine":
         return lambda j: 0.5 * (1 + math.cos(math.pi * min(j, total_steps) / total_steps))
     if name == "cyclic":
-        if isinstance(peak, bool) or not isinstance(peak, (int, float)) or not 0 < peak < 1:
-            raise InvalidValue("peak", f"must lie strictly between 0 and 1, got {peak!r}")
+        Number(0, 1, low_open=True, high_open=True, what="a number strictly between 0 and 1").check("peak", peak)
         top = peak * total_steps
 
         def triangle(j: int) -> float:

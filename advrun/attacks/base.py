@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advrun.attacks.norms import lp_norm, norm_field, norm_name
-from advrun.errors import AttackCheckError, InvalidValue
+from advrun.errors import BUDGET, MAX_BUDGET, AttackCheckError, InvalidValue, Number, shown
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -171,18 +171,19 @@ class Attack:
         self.norm = norm_field(self.norm, self.norms, self.name)
         if self.eps is None and self.budget_optional:
             self.eps = math.inf
-        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or math.isnan(self.eps) or self.eps < 0:
-            raise InvalidValue("eps", f"must be a number >= 0, got {self.eps!r}")
+        Number(0, what="a number >= 0").check("eps", self.eps)
         if not self.budget_optional and not math.isfinite(self.eps):
-            raise InvalidValue("eps", f"must be finite for a bounded attack, got {self.eps!r}")
+            raise InvalidValue("eps", f"must be finite for a bounded attack, got {shown(self.eps)}")
+        if not self.budget_optional and not BUDGET.holds(self.eps):
+            raise InvalidValue("eps", f"must be at most {MAX_BUDGET:g} (float32 arithmetic overflows beyond), "
+                                      f"got {shown(self.eps)}")
         self.eps = float(self.eps)
         if self.target is not None:
             if not self.targetable:
                 raise InvalidValue("target", f"{self.name} is untargeted; leave target null")
-            if self.target not in TARGET_MODES and (
-                isinstance(self.target, bool) or not isinstance(self.target, int) or self.target < 0
-            ):
-                raise InvalidValue("target", f"must be null, a class index, 'random' or 'least_likely', got {self.target!r}")
+            if self.target not in TARGET_MODES and not Number(0, integer=True).holds(self.target):
+                raise InvalidValue("target", f"must be null, a class index, 'random' or 'least_likely', "
+                                             f"got {shown(self.target)}")
 
     @property
     def label(self) -> str:

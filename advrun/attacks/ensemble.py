@@ -15,7 +15,7 @@ from advrun.attacks.apgd import APGD
 from advrun.attacks.base import Attack, BoundedAttack, Bounds, Goal, WorstCase, eval_mode
 from advrun.attacks.norms import norm_name
 from advrun.attacks.square import Square
-from advrun.errors import InvalidValue
+from advrun.errors import InvalidValue, keyed
 
 
 def standard_attacks(eps: float, norm: float) -> list[Attack]:
@@ -84,10 +84,8 @@ class Ensemble(BoundedAttack):
 
     def _each_member(self, check, *args) -> None:
         for i, member in enumerate(self.attacks):
-            try:
+            with keyed(f"attacks.{i}", error=InvalidValue):
                 getattr(member, check)(*args)
-            except InvalidValue as e:
-                raise InvalidValue(f"attacks.{i}.{e.field}", e.message) from None
 
     def check_classes(self, num_classes: int) -> None:
         super().check_classes(num_classes)

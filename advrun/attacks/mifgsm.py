@@ -21,7 +21,7 @@ import torch
 from advrun.attacks.base import Bounds
 from advrun.attacks.norms import lp_norm, steepest_direction
 from advrun.attacks.pgd import PGD
-from advrun.errors import InvalidValue
+from advrun.errors import require_non_negative
 
 
 @dataclass
@@ -48,8 +48,7 @@ class MIFGSM(PGD):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.decay, bool) or not isinstance(self.decay, (int, float)) or not 0 <= self.decay < math.inf:
-            raise InvalidValue("decay", f"must be a finite number >= 0, got {self.decay!r}")
+        require_non_negative("decay", self.decay)
 
     def _initial_state(self, x0: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(x0)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advrun.attacks.base import Bounds, Goal, ThreatModelAttack, eval_mode
-from advrun.errors import InvalidValue, require_int, require_positive
+from advrun.errors import InvalidValue, is_number, require_int, require_positive, shown
 
 
 def paste(
@@ -59,8 +59,8 @@ def paste(
 
 def _require_number(field_name: str, value: object, valid, what: str) -> None:
     """Raise :class:`InvalidValue` unless ``value`` is a number for which ``valid(value)`` holds."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not valid(value):
-        raise InvalidValue(field_name, f"must be {what}, got {value!r}")
+    if not is_number(value) or not valid(value):
+        raise InvalidValue(field_name, f"must be {what}, got {shown(value)}")
 
 
 @dataclass

@@ -11,7 +11,7 @@ from torch import nn
 
 from advrun.attacks.base import BoundedAttack, Bounds, Goal, WorstCase
 from advrun.attacks.norms import project, random_in_ball, sparse_l1_direction, steepest_direction
-from advrun.errors import InvalidValue, require_int, require_positive
+from advrun.errors import InvalidValue, Number, require_int, require_positive
 
 
 @dataclass
@@ -51,8 +51,7 @@ class PGD(BoundedAttack):
         if self.step_size is not None:
             require_positive("step_size", self.step_size, hint=" (or null for step_scale * eps / steps)")
         require_positive("step_scale", self.step_scale)
-        if isinstance(self.l1_sparsity, bool) or not isinstance(self.l1_sparsity, (int, float)) or not 0 <= self.l1_sparsity < 1:
-            raise InvalidValue("l1_sparsity", f"must lie in [0, 1), got {self.l1_sparsity!r}")
+        Number(0, 1, high_open=True).check("l1_sparsity", self.l1_sparsity)
         for field in ("random_start", "keep_best"):
             if not isinstance(getattr(self, field), bool):
                 raise InvalidValue(field, f"must be true or false, got {getattr(self, field)!r}")

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advrun.attacks.base import Bounds, Goal, ThreatModelAttack
-from advrun.errors import InvalidValue, require_int
+from advrun.errors import InvalidValue, Number, require_int
 
 #: Transformed inputs evaluated at once, in input values (grid points x samples x pixels).
 _CHUNK_VALUES = 2**20
@@ -74,9 +74,7 @@ class Spatial(ThreatModelAttack):
     def __post_init__(self) -> None:
         super().__post_init__()
         for key, limit in (("max_rotation", 180.0), ("max_translation", 1.0)):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= limit:
-                raise InvalidValue(key, f"must be a number in [0, {limit:g}], got {value!r}")
+            Number(0, limit).check(key, getattr(self, key))
         require_int("rotations", self.rotations, minimum=1)
         require_int("translations", self.translations, minimum=1)
 
