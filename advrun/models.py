@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from advrun.errors import InvalidValue, require_int, require_positive
+from advrun.errors import InvalidValue, Number, Switch, require_int, require_positive, shown
 from advrun.structure import ACTIVATIONS
 
 
@@ -31,7 +31,7 @@ def make_activation(name: str, softplus_beta: float = 1.0) -> nn.Module:
     ``softplus_beta`` is the sharpness of softplus, ``(1 / beta) log(1 + exp(beta x))`` (torch's
     ``nn.Softplus``; it tends to relu as beta grows); the other activations ignore it."""
     if name not in ACTIVATIONS:
-        raise InvalidValue("activation", f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+        raise InvalidValue("activation", f"unknown activation {shown(name)}; choose one of {sorted(ACTIVATIONS)}")
     require_positive("softplus_beta", softplus_beta)
     return ACTIVATIONS[name].build(softplus_beta)
 
@@ -70,22 +70,24 @@ def _check_shape(in_shape: Sequence[int], num_classes: int) -> None:
 
 
 def _normalize_layer(in_shape: Sequence[int], normalize: bool) -> list[nn.Module]:
-    if not isinstance(normalize, bool):
-        raise InvalidValue("normalize", f"must be true or false, got {normalize!r}")
+    Switch().check("normalize", normalize)
     return [Normalize(in_shape[0], image=len(in_shape) == 3)] if normalize else []
 
 
 def _check_regularisers(batch_norm: bool, dropout: float) -> None:
-    if not isinstance(batch_norm, bool):
-        raise InvalidValue("batch_norm", f"must be true or false, got {batch_norm!r}")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise InvalidValue("dropout", f"must be a probability in [0, 1), got {dropout!r}")
+    Switch().check("batch_norm", batch_norm)
+    Number(0, 1, high_open=True, what="a probability in [0, 1)").check("dropout", dropout)
 
 
-def _widths(field: str, value: object) -> list:
-    """A list of layer widths (each then checked as an integer >= 1)."""
+def _widths(field: str, value: object, layers: str, instead: str) -> list:
+    """A non-empty list of layer widths, each an integer >= 1 (a network without the layers its
+    name promises is another model: ``instead``)."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise InvalidValue(field, f"must be a list of layer widths such as [128, 128], got {value!r}")
+        raise InvalidValue(field, f"must be a list of layer widths such as [128, 128], got {shown(value)}")
+    if not value:
+        raise InvalidValue(field, f"must list at least one {layers} width, got []; {instead}")
+    for width in value:
+        require_int(field, width, minimum=1)
     return list(value)
 
 
@@ -152,10 +154,7 @@ class MLP(Classifier):
     ):
         _check_shape(in_shape, num_classes)
         _check_regularisers(batch_norm, dropout)
-        hidden = _widths("hidden", hidden)
-        for width in hidden:
-            require_int("hidden", width, minimum=1)
-        make_activation(activation, softplus_beta)  # validate even without hidden layers
+        hidden = _widths("hidden", hidden, "hidden layer", "an MLP without hidden layers is the affine model=logreg")
         layers: list[nn.Module] = [*_normalize_layer(in_shape, normalize), nn.Flatten()]
         width_in = math.prod(in_shape)
         for width in hidden:
@@ -186,9 +185,8 @@ class CNN(Classifier):
         if len(in_shape) != 3:
             raise InvalidValue("in_shape", f"cnn needs image inputs (channels, height, width), got {tuple(in_shape)}")
         _check_regularisers(batch_norm, dropout)
-        channels = _widths("channels", channels)
-        for width in channels:
-            require_int("channels", width, minimum=1)
+        channels = _widths("channels", channels, "convolution block",
+                           "a network without convolutions is model=mlp")
         require_int("hidden", hidden, minimum=1)
         make_activation(activation, softplus_beta)
         c, h, w = in_shape

@@ -398,7 +398,7 @@ def test_unsupported_models_are_refused_with_the_key_to_change(model, field, dig
 
 def test_supported_models_norms_and_options(trained, tanh_mlp):
     logreg, x, y = trained("logreg")
-    for model in (logreg, tanh_mlp, MLP(SHAPE, 10, hidden=[], activation="relu")):  # no hidden layer: affine
+    for model in (logreg, tanh_mlp, LogReg(SHAPE, 10, binary=False)):  # affine, with and without normalisation
         assert all(supports(model, norm, SHAPE) for norm in ("inf", 2, "l1"))
     with pytest.raises(InvalidValue) as raised:
         certified_radii(logreg, x, y, "l3")
