@@ -6,6 +6,7 @@ the model, so attacks always see (and perturb) the data in its natural bounds.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -13,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from advrun.errors import DataError
+from advrun.errors import Check, DataError, Number, Switch, check_fields, keyed, shown
 
 
 @dataclass
@@ -44,11 +45,31 @@ class Dataset:
         return self
 
 
+#: The keys of a ``dataset`` config and the values they take; a loader's keys are checked
+#: where the config sets them (the loader's defaults hold otherwise).
+FIELDS: dict[str, Check] = {
+    "split_seed": Number(0, 2**32 - 1, integer=True, what=f"an integer in [0, {2**32 - 1}]"),
+    "n_train": Number(1, integer=True, optional=True, what="a positive integer or null"),
+    "n_test": Number(1, integer=True, optional=True, what="a positive integer or null"),
+    "test_fraction": Number(0, 1, low_open=True, high_open=True, what="a number strictly between 0 and 1"),
+    "n_samples": Number(10, integer=True),
+    "noise": Number(0, math.inf, high_open=True),
+    "download": Switch(),
+}
+
+
 def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
+    """A stratified split; both sides must hold each class, which bounds ``test_fraction`` by
+    the data set's size ``n`` and its ``k`` classes to ``((k - 1) / n, (n - k) / n]``."""
     from sklearn.model_selection import train_test_split
 
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
-        raise DataError("dataset.test_fraction", f"must lie strictly between 0 and 1, got {test_fraction!r}")
+    FIELDS["test_fraction"].check("dataset.test_fraction", test_fraction)
+    n, k = len(y), len(np.unique(y))
+    n_test = math.ceil(test_fraction * n)
+    if not k <= n_test <= n - k:
+        raise DataError("dataset.test_fraction", f"{test_fraction:g} of {n} samples leaves {n_test} for testing and "
+                                                 f"{n - n_test} for training; each side needs all {k} classes: "
+                                                 f"choose a value in ({(k - 1) / n:.4g}, {(n - k) / n:.4g}]")
     return train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
 
 
@@ -67,8 +88,6 @@ def load_moons(n_samples: int = 1000, noise: float = 0.1, test_fraction: float =
     """Two interleaving half-moons in 2-D, rescaled into [0.05, 0.95]^2 (decision-boundary pictures)."""
     from sklearn.datasets import make_moons
 
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 10:
-        raise DataError("dataset.n_samples", f"must be an integer >= 10, got {n_samples!r}")
     x, y = make_moons(n_samples=n_samples, noise=noise, random_state=split_seed)
     x = (x - x.min(axis=0)) / (x.max(axis=0) - x.min(axis=0)) * 0.9 + 0.05
     x_tr, x_te, y_tr, y_te = _split(x.astype(np.float32), y.astype(np.int64), test_fraction, split_seed)
@@ -151,20 +170,16 @@ def _keep_classes(x, y, classes, all_names):
     if len(classes) < 2 or len(set(classes)) != len(classes):
         raise DataError("dataset.classes", f"needs at least two distinct classes, got {classes}")
     for c in classes:
-        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < len(all_names):
-            raise DataError("dataset.classes", f"{c!r} is not a class label (0..{len(all_names) - 1})")
+        if not Number(0, len(all_names) - 1, integer=True).holds(c):
+            raise DataError("dataset.classes", f"{shown(c)} is not a class label (0..{len(all_names) - 1})")
     keep = np.isin(y, classes)
     relabel = np.zeros(len(all_names), dtype=np.int64)
     relabel[classes] = np.arange(len(classes))
     return x[keep], relabel[y[keep]], [all_names[c] for c in classes]
 
 
-def _limit(x, y, n, key, seed):
-    if n is None:
-        return x, y
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise DataError(key, f"must be a positive integer or null, got {n!r}")
-    if n >= len(x):
+def _limit(x, y, n, seed):
+    if n is None or n >= len(x):
         return x, y
     index = np.random.default_rng(seed).permutation(len(x))[:n]
     return x[index], y[index]
@@ -175,7 +190,9 @@ def load_dataset(cfg: Any) -> Dataset:
     cfg = dict(cfg)
     name = cfg.get("name")
     if name not in LOADERS:
-        raise DataError("dataset.name", f"unknown data set {name!r}; choose one of {sorted(LOADERS)}")
+        raise DataError("dataset.name", f"unknown data set {shown(name)}; choose one of {sorted(LOADERS)}")
+    with keyed("dataset", error=DataError):
+        check_fields(cfg, {key: check for key, check in FIELDS.items() if key in cfg})
     options = {k: v for k, v in cfg.items() if k not in COMMON_KEYS}
     seed = cfg.get("split_seed", 0)
     if name in ("digits", "moons"):
@@ -187,8 +204,12 @@ def load_dataset(cfg: Any) -> Dataset:
     classes = cfg.get("classes")
     x_tr, y_tr, names_kept = _keep_classes(x_tr, y_tr, classes, names)
     x_te, y_te, _ = _keep_classes(x_te, y_te, classes, names)
-    x_tr, y_tr = _limit(x_tr, y_tr, cfg.get("n_train"), "dataset.n_train", seed)
-    x_te, y_te = _limit(x_te, y_te, cfg.get("n_test"), "dataset.n_test", seed + 1)
+    n_train = cfg.get("n_train")
+    if n_train is not None and n_train < len(names_kept):
+        raise DataError("dataset.n_train", f"{n_train} cannot hold a training sample of each of the {len(names_kept)} "
+                                           f"classes; use at least {len(names_kept)} (null: all)")
+    x_tr, y_tr = _limit(x_tr, y_tr, n_train, seed)
+    x_te, y_te = _limit(x_te, y_te, cfg.get("n_test"), seed + 1)
     return Dataset(
         name=name,
         x_train=torch.from_numpy(np.ascontiguousarray(x_tr)),
