@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import random
 import time
 from dataclasses import dataclass
@@ -24,19 +23,20 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from advrun import audit, cache, certify, losses, schedules
+from advrun.checkpoints import load_weights
 from advrun.attacks.base import Attack
 from advrun.attacks.norms import norm_name, parse_norm
 from advrun.config import build, check_optimizer, epsilons_from, resolve_device, to_container, validate_run
 from advrun.console import results
 from advrun.data import Dataset, load_dataset
-from advrun.errors import AdvrunError, ConfigError, InvalidValue, OutputError
+from advrun.errors import AdvrunError, ConfigError, OutputError, keyed
 from advrun.evaluation import CURVE_COLUMNS, robustness_curve
 from advrun.models import Classifier
 from advrun.reporting import plots
 from advrun.reporting.figures import model_figures
 from advrun.reporting.report import write_run_report
 from advrun.reporting.tables import summary_table
-from advrun.runfolder import Metrics, RunFolder, RunResult, weights_file
+from advrun.runfolder import Metrics, RunFolder, RunResult
 from advrun.training import HISTORY_COLUMNS, CorruptCheckpoint, NonFiniteLoss, accuracy, batch_starts, train
 from advrun.versions import git_commit, versions
 
@@ -75,47 +75,13 @@ def model_spec(node: DictConfig) -> DictConfig:
     return spec
 
 
-def load_weights(model: nn.Module, path: Any, key: str = "model.checkpoint") -> None:
-    """Load the ``state_dict`` at ``path`` (a file, or a run folder holding ``model.pt``) into ``model``.
-
-    The file loads with ``weights_only=True`` onto the CPU (the model moves to the run's device
-    afterwards); a file that needs arbitrary unpickling is refused, and a mismatch names the keys
-    that differ.
-    """
-    file = weights_file(path)
-    if not file.is_file():
-        raise ConfigError(key, f"{file} does not exist")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ConfigError(key, f"{file} needs arbitrary unpickling, which advrun refuses (weights_only=True): "
-                               f"{str(e).splitlines()[0]}. Save the model's state_dict instead") from None
-    except Exception as e:  # noqa: BLE001 - any unreadable file
-        raise ConfigError(key, f"{file} cannot be read as PyTorch weights ({type(e).__name__}: {e})") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict) and "format" in state:
-        state = state["model"]  # an advrun training checkpoint
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(key, f"{file} does not hold a state_dict (a dict of tensors)")
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-              if k in state and state[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        parts = [f"{label}: {', '.join(items[:6])}{', ...' if len(items) > 6 else ''}"
-                 for label, items in (("missing", missing), ("unexpected", unexpected),
-                                      ("shape (file vs model)", shapes)) if items]
-        raise ConfigError(key, f"{file} does not fit {type(model).__name__}: " + "; ".join(parts))
-    model.load_state_dict(state)
-
-
 def build_model(node: DictConfig, data: Dataset) -> Classifier:
     """The model a ``model`` config names, sized for ``data``, normalisation fitted to its training
     set, then the weights of ``model.checkpoint`` when one is given."""
     model = build(model_spec(node), "model", in_shape=list(data.shape), num_classes=data.num_classes)
     model.fit_normalization(data.x_train.cpu())
     if node.get("checkpoint"):
-        load_weights(model, node.checkpoint)
+        load_weights(model, node.checkpoint, probe=data.x_test)
     return model
 
 
@@ -147,11 +113,9 @@ def build_attack(cfg: DictConfig, data: Dataset, model: nn.Module) -> tuple[Atta
     if eps is None:
         eps = default_budgets(data, norm)["eps"]
     attack = build(node, "attack", eps=eps)
-    try:
+    with keyed("attack"):
         attack.check_classes(data.num_classes)
         attack.check_model(model, data.shape)
-    except InvalidValue as e:
-        raise ConfigError(f"attack.{e.field}", e.message) from None
     grid = cfg.eval.epsilons
     grid = default_budgets(data, norm)["grid"] if grid is None else to_container(grid)
     return attack, epsilons_from(list(grid) + [attack.eps], "eval.epsilons")
@@ -173,10 +137,8 @@ def certification_norm(cfg: DictConfig, data: Dataset, model: nn.Module, attack:
         return None
     if mode == "auto":
         return attack.norm if certify.supports(model, attack.norm, data.shape) else None
-    try:
+    with keyed("model", note=" (eval.certify=true)"):
         certify.check_certifiable(model, attack.norm, data.shape)
-    except InvalidValue as e:
-        raise ConfigError(f"model.{e.field}", f"{e.message} (eval.certify=true)") from None
     return attack.norm
 
 
@@ -206,10 +168,8 @@ def audit_evaluation(plan: "RunPlan", x: torch.Tensor, y: torch.Tensor, evaluati
 
 def check_loss(name: Any, data: Dataset, defense: Any) -> None:
     """``train.loss`` must exist, suit the number of classes, and be one the defense can train with."""
-    try:
+    with keyed("train"):
         losses.check_classes(name, data.num_classes)
-    except InvalidValue as e:
-        raise ConfigError("train.loss", e.message) from None
     supported = getattr(defense, "supported_losses", None)
     if supported is not None and name not in supported:
         raise ConfigError("train.loss", f"defense {type(defense).__name__} trains with {' or '.join(supported)}, "
@@ -218,13 +178,11 @@ def check_loss(name: Any, data: Dataset, defense: Any) -> None:
 
 def build_scheduler_from(train_cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     """The learning-rate schedule of ``train.schedule`` (:mod:`advrun.schedules`)."""
-    try:
+    with keyed("train"):
         return schedules.build_scheduler(
             optimizer, train_cfg.schedule, steps_per_epoch, train_cfg.epochs,
             step_epochs=train_cfg.step_epochs, gamma=train_cfg.gamma, peak=train_cfg.peak,
         )
-    except InvalidValue as e:
-        raise ConfigError(f"train.{e.field}", e.message) from None
 
 
 def fit(cfg, model, defense, optimizer, scheduler, data, batch_size, generator, device, out) -> tuple[pd.DataFrame, dict]:
@@ -334,10 +292,8 @@ def plan(cfg: DictConfig, output_dir: str | Path) -> RunPlan:
     model = build_model(cfg.model, data).to(device)
     check_optimizer(cfg.optimizer)
     defense = build(cfg.defense, "defense", bounds=data.bounds, criterion=cfg.train.loss)
-    try:
+    with keyed("defense"):
         defense.check_model(model, data.shape)
-    except InvalidValue as e:
-        raise ConfigError(f"defense.{e.field}", e.message) from None
     check_loss(cfg.train.loss, data, defense)
     attack, epsilons = build_attack(cfg, data, model)
     certify_norm = certification_norm(cfg, data, model, attack)
@@ -345,7 +301,9 @@ def plan(cfg: DictConfig, output_dir: str | Path) -> RunPlan:
     # mistake found above need not wait for
     optimizer = build(cfg.optimizer, "optimizer", params=model.parameters())
     batch_size = len(data.x_train) if cfg.train.batch_size == "full" else cfg.train.batch_size
-    scheduler = build_scheduler_from(cfg.train, optimizer, len(batch_starts(len(data.x_train), batch_size, model)))
+    with keyed("train"):
+        steps_per_epoch = len(batch_starts(len(data.x_train), batch_size, model))
+    scheduler = build_scheduler_from(cfg.train, optimizer, steps_per_epoch)
     return RunPlan(
         cfg=cfg, folder=folder, device=device, generator=generator, data=data, model=model, defense=defense,
         attack=attack, epsilons=epsilons, certify_norm=certify_norm, optimizer=optimizer, scheduler=scheduler,

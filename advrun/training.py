@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from advrun import io
+from advrun.errors import InvalidValue
 from advrun.console import progress_bar
 from advrun.structure import has_batch_norm
 
@@ -104,9 +105,14 @@ def load_checkpoint(path: Path) -> dict:
 
 def batch_starts(n: int, batch_size: int, model: nn.Module) -> list[int]:
     """Where the training batches of an epoch start. With batch norm a last batch of one sample
-    (which batch norm cannot normalise in train mode) joins the batch before it."""
+    (which batch norm cannot normalise in train mode) joins the batch before it; batches of one
+    sample only (``batch_size`` 1) raise :class:`InvalidValue`."""
     starts = list(range(0, n, batch_size))
-    if has_batch_norm(model) and len(starts) > 1 and n - starts[-1] == 1:
+    norm = has_batch_norm(model)
+    if norm and min(batch_size, n) < 2:
+        raise InvalidValue("batch_size", f"batch norm needs at least two samples per training batch, got "
+                                         f"{min(batch_size, n)} (batch_size {batch_size}, {n} training samples)")
+    if norm and len(starts) > 1 and n - starts[-1] == 1:
         starts.pop()
     return starts
 
