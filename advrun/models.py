@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from advrun.errors import InvalidValue, Number, Switch, require_int, require_positive, shown
+from advrun.errors import Choice, InvalidValue, Number, Switch, require_int, require_positive, shown
 from advrun.structure import ACTIVATIONS
 
 
@@ -30,8 +30,7 @@ def make_activation(name: str, softplus_beta: float = 1.0) -> nn.Module:
 
     ``softplus_beta`` is the sharpness of softplus, ``(1 / beta) log(1 + exp(beta x))`` (torch's
     ``nn.Softplus``; it tends to relu as beta grows); the other activations ignore it."""
-    if name not in ACTIVATIONS:
-        raise InvalidValue("activation", f"unknown activation {shown(name)}; choose one of {sorted(ACTIVATIONS)}")
+    Choice(tuple(sorted(ACTIVATIONS)), "unknown activation").check("activation", name)
     require_positive("softplus_beta", softplus_beta)
     return ACTIVATIONS[name].build(softplus_beta)
 

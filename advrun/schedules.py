@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from advrun.errors import InvalidValue, Number, require_int, require_positive
+from advrun.errors import Choice, Number, require_int, require_positive
 
 SCHEDULES = ("constant", "step", "cosine", "cyclic", "inverse")
 
@@ -33,8 +33,7 @@ def lr_factor(
     name: str, steps_per_epoch: int, total_steps: int, *, step_epochs: int = 10, gamma: float = 0.1, peak: float = 0.4
 ) -> Callable[[int], float]:
     """The factor of the base learning rate at step ``j`` for schedule ``name``."""
-    if name not in SCHEDULES:
-        raise InvalidValue("schedule", f"unknown schedule {name!r}; choose one of {list(SCHEDULES)}")
+    Choice(tuple(SCHEDULES), "unknown schedule").check("schedule", name)
     if name == "constant":
         return lambda j: 1.0
     if name == "step":

@@ -15,7 +15,7 @@ from torch import nn
 
 from advrun.attacks.base import BoundedAttack, Bounds, Goal, WorstCase, largest_other_logit
 from advrun.attacks.norms import norm_name, project, random_in_ball, steepest_direction
-from advrun.errors import InvalidValue, require_int
+from advrun.errors import Choice, InvalidValue, require_int
 
 LOSSES = ("ce", "dlr", "dlr_targeted")
 #: Momentum weight alpha and the fraction rho of loss increases between checkpoints (Sect. 3.1).
@@ -89,8 +89,7 @@ class APGD(BoundedAttack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.loss not in LOSSES:
-            raise InvalidValue("loss", f"unknown loss {self.loss!r}; choose one of {list(LOSSES)}")
+        Choice(tuple(LOSSES), "unknown loss").check("loss", self.loss)
         require_int("n_iter", self.n_iter, minimum=1)
         require_int("n_restarts", self.n_restarts, minimum=1)
         require_int("n_target_classes", self.n_target_classes, minimum=1)

@@ -14,7 +14,7 @@ from torch import nn
 
 from advrun.attacks.base import BoundedAttack, Bounds, Goal
 from advrun.attacks.norms import lp_norm, project
-from advrun.errors import InvalidValue, Number, require_int
+from advrun.errors import Choice, Number, require_int
 
 LOSSES = ("margin", "ce")
 #: Iterations (of a 10,000-query run) after which the square fraction p halves (Sect. 3 / App.).
@@ -106,8 +106,7 @@ class Square(BoundedAttack):
         super().__post_init__()
         require_int("n_queries", self.n_queries, minimum=1)
         Number(0, 1, low_open=True, what="a fraction in (0, 1]").check("p_init", self.p_init)
-        if self.loss not in LOSSES:
-            raise InvalidValue("loss", f"unknown loss {self.loss!r}; choose one of {list(LOSSES)}")
+        Choice(tuple(LOSSES), "unknown loss").check("loss", self.loss)
 
     def _objective(self, logits: torch.Tensor, goal: Goal) -> torch.Tensor:
         """Per-sample loss to minimise."""
