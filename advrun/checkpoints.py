@@ -20,6 +20,7 @@ from torch import nn
 from advrun.runfolder import weights_file
 from advrun.errors import ConfigError
 
+NOT_WEIGHTS = "is not a weights file advrun can read safely (a state_dict saved with torch.save)"
 #: Inputs of the first evaluation batch on which loaded weights must give finite logits.
 PROBE_SAMPLES = 100
 
@@ -52,11 +53,9 @@ def read_state(path: Any, key: str = "model.checkpoint") -> dict[str, torch.Tens
             raise ConfigError(key, f"{file} holds a pickled {refused.group(1)}, which needs arbitrary unpickling; "
                                    f"advrun refuses it (weights_only=True). Save the model's state_dict "
                                    f"instead") from None
-        raise ConfigError(key, f"{file} is not a weights file advrun can read safely (a state_dict saved "
-                               f"with torch.save)") from None
+        raise ConfigError(key, f"{file} {NOT_WEIGHTS}") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file: a zip that is not torch's, a short read
-        raise ConfigError(key, f"{file} cannot be read as PyTorch weights ({type(e).__name__}); it is not a "
-                               f"state_dict saved with torch.save, or it is damaged") from None
+        raise ConfigError(key, f"{file} {NOT_WEIGHTS}, or it is damaged ({type(e).__name__} reading it)") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict) and "format" in state:
         state = state["model"]  # an advrun training checkpoint
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
