@@ -8,6 +8,12 @@ must end in one of two ways:
 
 Never a traceback, another exit status, or a hang (each case has a time limit).
 
+The examples are a function of ``ADVRUN_FUZZ_SEED`` (hypothesis' ``seed``, no example
+database): the same seed draws the same cases, another seed other ones; unset, hypothesis'
+derandomised search runs the same cases everywhere. Values include huge and tiny numbers, empty
+lists and strings, text Hydra reads only quoted, very long values, and paths: missing files, a
+folder, an empty file, a read-only file, random bytes, NaN weights, a device.
+
 The command runs in this process (:func:`tests.conftest.run_inprocess`), as a subprocess would
 run it but without starting Python for every case; each case has a time limit. Counts of work (``train.epochs``,
 ``attack.steps``) get no huge positive values: a billion epochs is a valid, very long run with a
@@ -16,15 +22,20 @@ progress bar, not a mistake advrun could tell from a plan.
 
 from __future__ import annotations
 
+import math
 import os
+import random
 import re
 
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, event, given, settings  # noqa: E402
+from hypothesis import HealthCheck, event, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+import torch  # noqa: E402
+
+from advrun.models import MLP  # noqa: E402
 from tests.conftest import run_inprocess  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,8 +45,14 @@ BASE = ["dataset.n_train=120", "dataset.n_test=40", "train.epochs=1", "train.bat
         "eval.epsilons=[0,0.1]", "attack.steps=2", "eval.audit=false", "device=cpu"]
 
 HUGE = 10**12
-NUMBERS = ["-1", "0", "1", "2", "-0.5", "0.3", "1e-300", "1e300", "-1e300", "nan", "inf", "-inf", str(HUGE), str(-HUGE)]
-WRONG_TYPES = ["abc", "''", "null", "true", "[]", "[1,2]", "[abc]", "{}", "{a: 1}", "/no/such/file.pt"]
+#: Numbers up to 2**64 and 1e308, down to subnormal floats.
+HUGE_NUMBERS = [str(HUGE), "1e300", "1e308", "3.5e38", str(2**64), "inf"]
+NUMBERS = ["-1", "0", "1", "2", "-0.5", "0.3", "-0.0", "1e-300", "5e-324", "-1e300", "-1e308", "nan", "-inf",
+           str(-HUGE), str(-2**64), *HUGE_NUMBERS]
+WRONG_TYPES = ["abc", "''", '""', "null", "true", "[]", "[[]]", "[1,2]", "[abc]", "{}", "{a: 1}", "é", "x" * 3000]
+#: Paths, written as placeholders that :func:`with_paths` turns into files made for the test.
+PATHS = ["/no/such/file.pt", "{folder}", "{empty_file}", "{readonly_file}", "{random_bytes}", "{nan_weights}",
+         "{file}/below", "/dev/zero", '"{non_ascii}"', "{non_ascii}"]
 SMALL_COUNTS = ["-1", "0", "1", "2", "3", str(-HUGE)]  # for counts of work: no huge positive values
 
 #: key -> extra values worth trying beyond NUMBERS and WRONG_TYPES
@@ -60,13 +77,18 @@ KEYS: dict[str, list[str]] = {
     "model.hidden": ["[8]", "[8,8]", "[0]", "[-3]", f"[{HUGE}]", "[8,abc]"],
     "model.activation": ["tanh", "softplus", "abs", "swish"],
     "model.dropout": [],
-    "model.checkpoint": ["/no/such/model.pt", "/tmp"],
+    "model.checkpoint": PATHS,
+    "model.batch_norm": ["true"],
+    "model.channels": ["[4]"],
     "optimizer.lr": [],
     "optimizer.weight_decay": [],
     "dataset.n_train": [],
     "dataset.n_test": [],
-    "dataset.test_fraction": [],
+    "dataset.test_fraction": ["0.001", "0.999"],
+    "dataset.split_seed": [],
+    "dataset.noise": [],
     "cache.enabled": ["false"],
+    "cache.dir": PATHS,
 }
 GROUPS = {"model": ["logreg", "cnn", "transformer"], "attack": ["fgsm", "deepfool", "square", "nope"],
           "optimizer": ["sgd", "rmsprop", "lbfgs"], "defense": ["adversarial", "trades", "fast_at", "nope"],
@@ -76,8 +98,32 @@ UNKNOWN_KEYS = ["train.epoch", "attack.epsilon", "foo", "eval.epsilons.x"]
 
 def value_for(key: str) -> st.SearchStrategy[str]:
     counts = key in ("train.epochs", "attack.steps")
-    numbers = [v for v in NUMBERS if v not in (str(HUGE), "1e300", "inf")] if counts else NUMBERS
+    numbers = [v for v in NUMBERS if v not in HUGE_NUMBERS] if counts else NUMBERS
     return st.sampled_from(KEYS.get(key, []) + numbers + WRONG_TYPES)
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory) -> dict[str, str]:
+    """The files that the placeholders of ``PATHS`` name."""
+    root = tmp_path_factory.mktemp("paths")
+    (root / "folder").mkdir()
+    (root / "empty.pt").touch()
+    (root / "random.pt").write_bytes(random.Random(0).randbytes(4096))
+    readonly = root / "readonly.pt"
+    readonly.write_bytes(b"not weights")
+    readonly.chmod(0o444)
+    weights = MLP((1, 8, 8), 10).state_dict()
+    weights["2.weight"][0, 0] = math.nan
+    torch.save(weights, root / "nan.pt")
+    (root / "modèle.pt").touch()
+    return {"folder": str(root / "folder"), "empty_file": str(root / "empty.pt"), "file": str(root / "empty.pt"),
+            "readonly_file": str(readonly), "random_bytes": str(root / "random.pt"),
+            "nan_weights": str(root / "nan.pt"), "non_ascii": str(root / "modèle.pt")}
+
+
+def with_paths(args: list[str], paths: dict[str, str]) -> list[str]:
+    """The overrides with each ``{placeholder}`` replaced by its path."""
+    return [re.sub(r"\{(\w+)\}", lambda m: paths.get(m.group(1), m.group(0)), arg) for arg in args]
 
 
 @st.composite
@@ -129,12 +175,32 @@ def explained_by(key: str, args: list[str]) -> bool:
     return False
 
 
-@settings(max_examples=int(os.environ.get("ADVRUN_FUZZ_EXAMPLES", "25")), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-          derandomize="ADVRUN_FUZZ_SEED" not in os.environ)  # the same cases in CI unless a new search is asked for
+def fuzz_seed() -> int | None:
+    """``ADVRUN_FUZZ_SEED`` as an integer, or None when unset."""
+    value = os.environ.get("ADVRUN_FUZZ_SEED")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise pytest.UsageError(f"ADVRUN_FUZZ_SEED must be an integer, got {value!r}") from None
+
+
+def searched(test, seed_value: int | None = None, examples: int | None = None):
+    """``test`` with the search of this module: the examples are decided by ``seed_value``
+    (default ``ADVRUN_FUZZ_SEED``; unset: hypothesis' derandomised search), never by a database."""
+    seed_value = fuzz_seed() if seed_value is None else seed_value
+    test = settings(max_examples=examples or int(os.environ.get("ADVRUN_FUZZ_EXAMPLES", "25")), deadline=None,
+                    database=None, derandomize=seed_value is None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])(test)
+    return test if seed_value is None else seed(seed_value)(test)
+
+
+@searched
 @given(args=overrides())
-def test_random_overrides_end_in_a_run_or_one_error_line(tmp_path_factory, args):
+def test_random_overrides_end_in_a_run_or_one_error_line(tmp_path_factory, paths, args):
     out = tmp_path_factory.mktemp("fuzz") / "run"
+    args = with_paths(args, paths)
     proc = run_inprocess(*BASE, *args, f"hydra.run.dir={out}")
     status, stderr = proc.returncode, proc.stderr
     event(f"exit status {status}")  # the mix of valid runs and errors: pytest --hypothesis-show-statistics
@@ -150,6 +216,26 @@ def test_random_overrides_end_in_a_run_or_one_error_line(tmp_path_factory, args)
     assert found, f"{args}: error line without a key: {errors[0]}"
     assert explained_by(found.group(1), args), f"{args}: the error names {found.group(1)}: {errors[0]}"
     assert not (out / "metrics.json").exists()
+
+
+def drawn(seed_value: int, examples: int = 30) -> list[list[str]]:
+    """The overrides the search of this module draws with ``seed_value``."""
+    cases: list[list[str]] = []
+
+    @given(args=overrides())
+    def collect(args):
+        cases.append(args)
+
+    searched(collect, seed_value, examples)()
+    return cases
+
+
+def test_the_seed_decides_the_examples():
+    first, again, other = drawn(1), drawn(1), drawn(2)
+    assert first == again
+    assert first != other
+    values = {override.split("=", 1)[-1] for case in first + other + drawn(3) for override in case}
+    assert values & {"[]", "''", '""'} and values & set(HUGE_NUMBERS) and values & set(PATHS), values
 
 
 @pytest.mark.parametrize("args", [
