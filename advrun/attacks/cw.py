@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from advrun.attacks.base import Bounds, Goal, MinimumNormAttack
-from advrun.errors import InvalidValue, require_int, require_non_negative, require_positive
+from advrun.errors import Switch, require_int, require_non_negative, require_positive
 
 
 class ConstantSearch:
@@ -76,8 +76,7 @@ class CW(MinimumNormAttack):
         require_int("binary_steps", self.binary_steps, minimum=1)
         require_int("steps", self.steps, minimum=1)
         require_positive("lr", self.lr)
-        if not isinstance(self.abort_early, bool):
-            raise InvalidValue("abort_early", f"must be true or false, got {self.abort_early!r}")
+        Switch().check("abort_early", self.abort_early)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, goal: Goal, bounds: Bounds) -> torch.Tensor:
         best = x.clone()

@@ -26,7 +26,7 @@ from torch import nn
 
 from advrun.attacks.base import BoundedAttack, Bounds, Goal, input_gradient
 from advrun.attacks.norms import project, steepest_direction
-from advrun.errors import InvalidValue
+from advrun.errors import Switch
 
 
 @dataclass
@@ -47,8 +47,7 @@ class FGM(BoundedAttack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.normalize, bool):
-            raise InvalidValue("normalize", f"must be true or false, got {self.normalize!r}")
+        Switch().check("normalize", self.normalize)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, goal: Goal, bounds: Bounds) -> torch.Tensor:
         grad, _ = input_gradient(lambda z: goal.loss(model(z)), x)

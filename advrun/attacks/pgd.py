@@ -11,7 +11,7 @@ from torch import nn
 
 from advrun.attacks.base import BoundedAttack, Bounds, Goal, WorstCase
 from advrun.attacks.norms import project, random_in_ball, sparse_l1_direction, steepest_direction
-from advrun.errors import InvalidValue, Number, require_int, require_positive
+from advrun.errors import Number, Switch, check_fields, require_int, require_positive
 
 
 @dataclass
@@ -52,9 +52,7 @@ class PGD(BoundedAttack):
             require_positive("step_size", self.step_size, hint=" (or null for step_scale * eps / steps)")
         require_positive("step_scale", self.step_scale)
         Number(0, 1, high_open=True).check("l1_sparsity", self.l1_sparsity)
-        for field in ("random_start", "keep_best"):
-            if not isinstance(getattr(self, field), bool):
-                raise InvalidValue(field, f"must be true or false, got {getattr(self, field)!r}")
+        check_fields(self, {"random_start": Switch(), "keep_best": Switch()})
 
     def _check_steps(self) -> None:
         require_int("steps", self.steps, minimum=1)
