@@ -88,10 +88,20 @@ def is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+#: Largest magnitude of a finite real-valued field: the tensors compute in float32 (which holds up
+#: to about 3.4e38), where a larger step, rate or constant overflows to infinity and then NaN.
+LARGEST = 1e30
+
+
+def _too_large(value: object) -> bool:
+    return is_number(value) and math.isfinite(value) and abs(value) > LARGEST
+
+
 @dataclass(frozen=True)
 class Number:
     """A declarative check of a numeric field: a number (an ``integer`` if asked) between ``low``
-    and ``high``, each end closed unless ``low_open`` / ``high_open``; NaN never passes.
+    and ``high``, each end closed unless ``low_open`` / ``high_open``; NaN never passes, nor a
+    finite real beyond ``LARGEST`` in magnitude (infinity passes where the interval holds it).
     ``what`` is how messages describe the allowed values (derived from the interval if empty);
     ``optional`` also accepts ``None`` (null)."""
 
@@ -107,6 +117,8 @@ class Number:
         if value is None:
             return self.optional
         if not is_number(value) or (self.integer and not isinstance(value, int)) or value != value:  # NaN
+            return False
+        if not self.integer and _too_large(value):
             return False
         above = value > self.low if self.low_open else value >= self.low
         below = value < self.high if self.high_open else value <= self.high
@@ -127,6 +139,9 @@ class Number:
     def check(self, field: str, value: object) -> None:
         """Raise :class:`InvalidValue` naming ``field`` unless ``value`` holds."""
         if not self.holds(value):
+            if not self.integer and _too_large(value) and self.low <= value <= self.high:
+                raise InvalidValue(field, f"must be at most {LARGEST:g} in magnitude (float32 arithmetic "
+                                          f"overflows beyond), got {shown(value)}")
             raise InvalidValue(field, f"must be {self.description()}, got {shown(value)}")
 
 
@@ -168,7 +183,7 @@ SEED = Number(0, 2**64 - 1, integer=True, what=f"an integer in [0, {2**64 - 1}]"
 #: Largest perturbation budget: the attacks compute in float32, where the range
 #: ``[-eps, eps]`` of a random start must fit (float32 holds up to about 3.4e38), and any
 #: budget beyond the diameter of the data's bounds perturbs no more than that diameter does.
-MAX_BUDGET = 1e30
+MAX_BUDGET = LARGEST
 BUDGET = Number(0, MAX_BUDGET, what=f"finite numbers in [0, {MAX_BUDGET:g}] (float32 arithmetic overflows beyond)")
 
 

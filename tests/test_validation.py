@@ -102,6 +102,10 @@ def one_error_line(tmp_path, *args: str) -> tuple[str, str]:
 
 @pytest.mark.parametrize("args, key, said", [
     (["attack.eps=1e308"], "attack.eps", "at most 1e+30"),
+    (["attack.step_size=1e300", "attack.norm=2"], "attack.step_size", "at most 1e+30"),
+    (["optimizer.lr=1e300"], "optimizer.lr", "at most 1e+30"),
+    (["attack=deepfool", "attack.overshoot=1e300"], "attack.overshoot", "at most 1e+30"),
+    (["model.activation=softplus", "model.softplus_beta=1e39"], "model.softplus_beta", "at most 1e+30"),
     (["attack.eps=3e38", "attack.norm=2"], "attack.eps", "at most 1e+30"),
     (["eval.epsilons=[0,1e308]"], "eval.epsilons", "[0, 1e+30]"),
     (["eval.epsilons=[0,1e31]"], "eval.epsilons", "[0, 1e+30]"),

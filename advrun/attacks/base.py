@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advrun.attacks.norms import lp_norm, norm_field, norm_name
-from advrun.errors import BUDGET, MAX_BUDGET, AttackCheckError, InvalidValue, Number, shown
+from advrun.errors import AttackCheckError, InvalidValue, Number, shown
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -171,12 +171,9 @@ class Attack:
         self.norm = norm_field(self.norm, self.norms, self.name)
         if self.eps is None and self.budget_optional:
             self.eps = math.inf
-        Number(0, what="a number >= 0").check("eps", self.eps)
+        Number(0, what="a number >= 0").check("eps", self.eps)  # and at most errors.LARGEST, or infinite
         if not self.budget_optional and not math.isfinite(self.eps):
             raise InvalidValue("eps", f"must be finite for a bounded attack, got {shown(self.eps)}")
-        if not self.budget_optional and not BUDGET.holds(self.eps):
-            raise InvalidValue("eps", f"must be at most {MAX_BUDGET:g} (float32 arithmetic overflows beyond), "
-                                      f"got {shown(self.eps)}")
         self.eps = float(self.eps)
         if self.target is not None:
             if not self.targetable:
