@@ -32,7 +32,8 @@ ERROR_LINE = re.compile(r"^advrun: error: (\S+): (\S.*)$")
     (Number(1, integer=True), [1, 2, 10**30], [0, 1.0, True, "1", None, math.nan, [1]]),
     (Number(0, 1, high_open=True), [0, 0.5, 0.999], [1, -1e-9, math.nan, math.inf, False]),
     (Number(0, 1, low_open=True), [1e-300, 1], [0, 1.0000001]),
-    (Number(0, math.inf, high_open=True, optional=True), [None, 0, 1e308], [math.inf, -0.0001, "x"]),
+    (Number(0, math.inf, high_open=True, optional=True), [None, 0, 1e30], [math.inf, -0.0001, "x", 1.0001e30]),
+    (Number(0), [0, 1e30, math.inf], [1.0001e30, 10**40, -1]),  # infinity passes where the interval holds it
     (SEED, [0, 2**64 - 1], [-1, 2**64, 0.5]),
     (BUDGET, [0, 0.3, 1e30], [1e30 * 1.0001, math.inf, -1e-12, math.nan]),
 ])
