@@ -94,7 +94,9 @@ LARGEST = 1e30
 
 
 def _too_large(value: object) -> bool:
-    return is_number(value) and math.isfinite(value) and abs(value) > LARGEST
+    """Beyond ``LARGEST``, or an integer beyond what PyTorch's int64 scalars hold."""
+    return is_number(value) and math.isfinite(value) and (abs(value) > LARGEST or isinstance(value, int)
+                                                          and abs(value) >= 2**63)
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ class Number:
         if not self.holds(value):
             if not self.integer and _too_large(value) and self.low <= value <= self.high:
                 raise InvalidValue(field, f"must be at most {LARGEST:g} in magnitude (float32 arithmetic "
-                                          f"overflows beyond), got {shown(value)}")
+                                          f"overflows beyond; an integer at most 2**63 - 1), got {shown(value)}")
             raise InvalidValue(field, f"must be {self.description()}, got {shown(value)}")
 
 

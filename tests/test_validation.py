@@ -33,7 +33,7 @@ ERROR_LINE = re.compile(r"^advrun: error: (\S+): (\S.*)$")
     (Number(0, 1, high_open=True), [0, 0.5, 0.999], [1, -1e-9, math.nan, math.inf, False]),
     (Number(0, 1, low_open=True), [1e-300, 1], [0, 1.0000001]),
     (Number(0, math.inf, high_open=True, optional=True), [None, 0, 1e30], [math.inf, -0.0001, "x", 1.0001e30]),
-    (Number(0), [0, 1e30, math.inf], [1.0001e30, 10**40, -1]),  # infinity passes where the interval holds it
+    (Number(0), [0, 1e30, math.inf, 2**63 - 1], [1.0001e30, 10**40, 2**64, -1]),  # infinity passes where the interval holds it
     (SEED, [0, 2**64 - 1], [-1, 2**64, 0.5]),
     (BUDGET, [0, 0.3, 1e30], [1e30 * 1.0001, math.inf, -1e-12, math.nan]),
 ])
@@ -105,6 +105,7 @@ def one_error_line(tmp_path, *args: str) -> tuple[str, str]:
     (["attack.eps=1e308"], "attack.eps", "at most 1e+30"),
     (["attack.step_size=1e300", "attack.norm=2"], "attack.step_size", "at most 1e+30"),
     (["optimizer.lr=1e300"], "optimizer.lr", "at most 1e+30"),
+    (["attack.step_size=18446744073709551616"], "attack.step_size", "an integer at most 2**63 - 1"),
     (["attack=deepfool", "attack.overshoot=1e300"], "attack.overshoot", "at most 1e+30"),
     (["model.activation=softplus", "model.softplus_beta=1e39"], "model.softplus_beta", "at most 1e+30"),
     (["attack.eps=3e38", "attack.norm=2"], "attack.eps", "at most 1e+30"),
