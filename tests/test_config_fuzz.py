@@ -88,6 +88,7 @@ KEYS: dict[str, list[str]] = {
     "dataset.split_seed": [],
     "dataset.noise": [],
     "cache.enabled": ["false"],
+    "cache.dir": PATHS,
 }
 GROUPS = {"model": ["logreg", "cnn", "transformer"], "attack": ["fgsm", "deepfool", "square", "nope"],
           "optimizer": ["sgd", "rmsprop", "lbfgs"], "defense": ["adversarial", "trades", "fast_at", "nope"],
