@@ -47,6 +47,7 @@ def _debug() -> bool:
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> float | None:
     from advrun import experiment  # after Hydra has parsed the command line: keeps --help fast
+    from advrun.runfolder import Metrics, RunFolder
 
     session = sessions.current()
     if session is not None:
@@ -75,10 +76,10 @@ def _app(cfg: DictConfig) -> float | None:
         if _debug() or not in_sweep:
             raise
         print(f"advrun: job {output_dir.name} failed: {message.splitlines()[0]} "
-              f"(traceback in {output_dir / 'traceback.txt'})", file=sys.stderr)
+              f"(traceback in {output_dir / RunFolder.TRACEBACK})", file=sys.stderr)
         return None
     # The returned value is what Hydra sweepers (e.g. Optuna) optimise.
-    return metrics.get("robust_accuracy", metrics["clean_accuracy"])
+    return Metrics.from_json(metrics).headline()
 
 
 def main() -> None:

@@ -472,7 +472,8 @@ class Run:
 def load_run(path: str | Path) -> Run:
     """Reload a finished run: its model (eval mode, on the CPU), resolved config and metrics.
 
-    The weights load with ``torch.load(weights_only=True)``: no arbitrary unpickling.
+    The weights load as ``model.checkpoint`` does (:mod:`advrun.checkpoints`): ``weights_only=True``,
+    no arbitrary unpickling, shapes and finite values checked.
     """
     folder = RunFolder(path)
     for file in (folder.file(RunFolder.CONFIG), folder.file(RunFolder.MODEL_INFO), folder.weights):
@@ -481,7 +482,7 @@ def load_run(path: str | Path) -> Run:
     config = OmegaConf.load(folder.file(RunFolder.CONFIG))
     info = folder.json(RunFolder.MODEL_INFO)
     model = build(model_spec(config.model), "model", in_shape=info["in_shape"], num_classes=info["num_classes"])
-    model.load_state_dict(torch.load(folder.weights, map_location="cpu", weights_only=True))
+    load_weights(model, folder.weights, key="path")
     model.eval()
     metrics = folder.metrics()
     return Run(path=folder.path, model=model, config=config, metrics=None if metrics is None else metrics.to_json())
