@@ -36,14 +36,14 @@ from omegaconf import DictConfig
 from advrun import io
 from advrun.config import to_container
 from advrun.errors import ConfigError
-from advrun.runfolder import weights_file
+from advrun.runfolder import RunFolder, weights_file
 
 log = logging.getLogger(__name__)
 
 #: Config nodes that decide the trained model.
 TRAINING_KEYS = ("dataset", "model", "optimizer", "train", "defense", "seed", "deterministic")
 #: The files of an entry that its manifest describes, and the manifest (written last).
-STORED = ("model.pt", "training.csv")
+STORED = (RunFolder.MODEL, RunFolder.TRAINING)  # the same names as in a run folder
 MANIFEST = "entry.json"
 
 
@@ -101,7 +101,7 @@ class Entry:
 
     @property
     def checkpoint(self) -> Path:
-        return self.path / "checkpoint.pt"
+        return self.path / RunFolder.CHECKPOINT
 
     def complete(self) -> bool:
         """Whether a trained model was stored here (whole or not: :meth:`load` checks)."""
@@ -150,14 +150,14 @@ class Entry:
         """The cached ``state_dict`` (``weights_only=True``) and training history of a whole entry;
         :class:`EntryNotWhole` for an entry that is not."""
         self.check_whole()
-        state = torch.load(self.path / "model.pt", map_location="cpu", weights_only=True)
-        return state, pd.read_csv(self.path / "training.csv")
+        state = torch.load(self.path / RunFolder.MODEL, map_location="cpu", weights_only=True)
+        return state, pd.read_csv(self.path / RunFolder.TRAINING)
 
     def store(self, state: dict[str, torch.Tensor], history: pd.DataFrame, spec: dict[str, Any], run: Path) -> None:
         """Write the entry; the manifest last, so that a reader never uses a half-written entry."""
         (self.path / MANIFEST).unlink(missing_ok=True)  # an older entry's manifest does not describe these files
-        io.save_torch(self.path / "model.pt", {k: v.detach().cpu() for k, v in state.items()})
-        io.write_csv(self.path / "training.csv", history)
+        io.save_torch(self.path / RunFolder.MODEL, {k: v.detach().cpu() for k, v in state.items()})
+        io.write_csv(self.path / RunFolder.TRAINING, history)
         files = {name: {"bytes": (self.path / name).stat().st_size, "sha256": file_digest(self.path / name)}
                  for name in STORED}
         io.write_json(self.path / MANIFEST, {"key": self.key, "trained_by": str(run), "epochs": len(history),

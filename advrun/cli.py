@@ -17,6 +17,7 @@ The command's state lives in an :class:`advrun.session.Session` for as long as i
 from __future__ import annotations
 
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -68,11 +69,14 @@ def _app(cfg: DictConfig) -> float | None:
         if not in_sweep:
             print(f"advrun: error: {e}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
+        RunFolder(output_dir).checkpoint.unlink(missing_ok=True)  # a sweep's job folder is never resumed
         print(f"advrun: error in job {output_dir.name}: {e}", file=sys.stderr)
         return None  # the launcher goes on; the Optuna sweeper counts the trial as failed
     except Exception as e:
         message = f"{type(e).__name__}: {e}"
         sweep.record_failure(output_dir, message, traceback.format_exc())
+        if in_sweep:
+            RunFolder(output_dir).checkpoint.unlink(missing_ok=True)
         if _debug() or not in_sweep:
             raise
         print(f"advrun: job {output_dir.name} failed: {message.splitlines()[0]} "
@@ -137,8 +141,10 @@ def _interrupted(session: sessions.Session) -> None:
             pass
         print(f"advrun: interrupted (Ctrl-C); {session.sweep.problems()}", file=sys.stderr)
     elif session.run_folder is not None:
-        print(f"advrun: interrupted (Ctrl-C); the run in {session.run_folder} did not finish: the same command "
-              f"with hydra.run.dir={session.run_folder} resumes it", file=sys.stderr)
+        folder = str(session.run_folder)
+        value = folder if re.fullmatch(r"[\w./\-]+", folder, flags=re.ASCII) else sweep.quoted(folder)
+        print(f"advrun: interrupted (Ctrl-C); the run in {folder} did not finish: the same command "
+              f"with hydra.run.dir={value} resumes it", file=sys.stderr)
     else:
         print("advrun: interrupted (Ctrl-C)", file=sys.stderr)
     sys.exit(EXIT_INTERRUPTED)

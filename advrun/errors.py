@@ -120,7 +120,7 @@ class Number:
             return self.optional
         if not is_number(value) or (self.integer and not isinstance(value, int)) or value != value:  # NaN
             return False
-        if not self.integer and _too_large(value):
+        if self._beyond(value):
             return False
         above = value > self.low if self.low_open else value >= self.low
         below = value < self.high if self.high_open else value <= self.high
@@ -138,9 +138,18 @@ class Number:
             text = kind
         return f"{text} or null" if self.optional else text
 
+    def _beyond(self, value: object) -> bool:
+        """Too large for the arithmetic that uses it: a real beyond ``LARGEST``; an integer beyond
+        PyTorch's int64 where the interval does not allow more (seeds do)."""
+        if self.integer:
+            return self.high == math.inf and abs(value) >= 2**63
+        return _too_large(value)
+
     def check(self, field: str, value: object) -> None:
         """Raise :class:`InvalidValue` naming ``field`` unless ``value`` holds."""
         if not self.holds(value):
+            if self.integer and isinstance(value, int) and self._beyond(value) and value >= self.low:
+                raise InvalidValue(field, f"must be {self.description()} and at most 2**63 - 1, got {shown(value)}")
             if not self.integer and _too_large(value) and self.low <= value <= self.high:
                 raise InvalidValue(field, f"must be at most {LARGEST:g} in magnitude (float32 arithmetic "
                                           f"overflows beyond; an integer at most 2**63 - 1), got {shown(value)}")

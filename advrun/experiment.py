@@ -247,7 +247,8 @@ def _describe(obj: Any) -> str:
 class RunPlan:
     """Every object the config names, built and validated: nothing trained, evaluated or written yet.
 
-    Every mistake in the config is found while the plan is made (:func:`plan`), before any training.
+    Every mistake in the config's values is found while the plan is made (:func:`plan`); a
+    ``cache.dir`` that cannot be written is found when the cache entry is locked, still before training.
     """
 
     cfg: DictConfig
@@ -481,11 +482,14 @@ def load_run(path: str | Path) -> Run:
             raise AdvrunError("path", f"{folder.path} is not a finished advrun run: {file.name} is missing")
     config = OmegaConf.load(folder.file(RunFolder.CONFIG))
     info = folder.json(RunFolder.MODEL_INFO)
+    if not isinstance(info, dict) or not {"in_shape", "num_classes"} <= set(info):
+        raise AdvrunError("path", f"{folder.file(RunFolder.MODEL_INFO)} is not advrun's model description "
+                                  "(in_shape and num_classes)")
     model = build(model_spec(config.model), "model", in_shape=info["in_shape"], num_classes=info["num_classes"])
     load_weights(model, folder.weights, key="path")
     model.eval()
-    metrics = folder.metrics()
-    return Run(path=folder.path, model=model, config=config, metrics=None if metrics is None else metrics.to_json())
+    metrics = folder.json(RunFolder.METRICS) if folder.metrics() is not None else None  # checked, then as written
+    return Run(path=folder.path, model=model, config=config, metrics=metrics)
 
 
 __all__ = ["Run", "RunPlan", "build_attack", "build_model", "execute", "load_run", "plan", "run", "seed_everything"]

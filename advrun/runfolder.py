@@ -27,17 +27,21 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import pandas as pd
 import yaml
 
 from advrun import io
 from advrun.errors import AdvrunError
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 log = logging.getLogger(__name__)
 
 OK, FAILED, INCOMPLETE = "ok", "failed", "incomplete"
+#: The status of a job a sweep planned but never started (it has no folder).
+NOT_STARTED = "not started"
 
 #: What each accuracy of ``metrics.json`` counts, written into it beside the numbers.
 DENOMINATORS = {
@@ -80,6 +84,15 @@ class Metrics:
     audit: dict[str, Any] | None = None
     timings: dict[str, Any] = field(default_factory=dict)
 
+    #: The JSON types each field may have (None for the optional ones) when read back.
+    _TYPES: ClassVar[dict[str, tuple]] = {
+        **{name: (int,) for name in ("n_train", "n_test", "n_eval")},
+        **{name: (int, float, None) for name in ("clean_accuracy", "test_accuracy", "final_train_loss", "eps",
+                                                  "robust_accuracy", "success_rate", "certified_accuracy")},
+        **{name: (str, None) for name in ("dataset", "attack", "norm", "device", "git_commit")},
+        **{name: (dict,) for name in ("seeds", "versions", "training", "timings")},
+        "audit": (dict, None), "curve": (list, None), "seed": (int, None), "deterministic": (bool,),
+    }
     #: Fields left out of ``metrics.json`` while they are None.
     _OPTIONAL: ClassVar[tuple[str, ...]] = ("certified_accuracy", "audit")
     #: Fields of the attack, left out together when there is none.
@@ -111,11 +124,24 @@ class Metrics:
         missing = [name for name in required if name not in record]
         if missing:
             raise AdvrunError(source, f"is not advrun's metrics: {', '.join(missing)} missing")
+        wrong = [f"{name} ({type(record[name]).__name__})" for name, kinds in cls._TYPES.items()
+                 if name in record and not _is_one_of(record[name], kinds)]
+        if wrong:
+            raise AdvrunError(source, f"is not advrun's metrics: wrong type of {', '.join(wrong)}")
         return cls(**{k: v for k, v in record.items() if k in names})
 
     def headline(self) -> float:
         """The number a sweeper optimises: robust accuracy, or clean accuracy without an attack."""
         return self.clean_accuracy if self.robust_accuracy is None else self.robust_accuracy
+
+
+def _is_one_of(value: Any, kinds: tuple) -> bool:
+    """Whether a JSON value is of one of ``kinds`` (None stands for null; a bool is no number)."""
+    if value is None:
+        return None in kinds
+    if isinstance(value, bool):
+        return bool in kinds
+    return isinstance(value, tuple(k for k in kinds if k is not None))
 
 
 @dataclass
@@ -187,11 +213,19 @@ class RunFolder:
         return self.file(self.METRICS).is_file()
 
     def status(self) -> str:
-        """``ok`` (``metrics.json``: the results are complete), ``failed`` (``error.txt``) or
-        ``incomplete`` (neither: still running, or interrupted)."""
+        """``ok`` (``metrics.json``: the results are complete), ``failed`` (``error.txt``, or a
+        ``metrics.json`` that is not advrun's) or ``incomplete`` (neither: still running, or interrupted)."""
         if self.finished():
-            return OK
+            return FAILED if self.unreadable() else OK
         return FAILED if self.file(self.ERROR).is_file() else INCOMPLETE
+
+    def unreadable(self) -> str | None:
+        """Why ``metrics.json`` cannot be read as advrun's metrics, None when it can (or is absent)."""
+        try:
+            self.metrics()
+        except AdvrunError as e:
+            return str(e)
+        return None
 
     # --- writing -------------------------------------------------------------------------
     def write_config(self, yaml_text: str) -> None:
@@ -243,6 +277,8 @@ class RunFolder:
         metrics = self.metrics()
         if metrics is None:
             raise AdvrunError(str(self.path), f"holds no finished run ({self.METRICS} is missing)")
+        import pandas as pd
+
         history = self.table(self.TRAINING)
         return RunResult(metrics=metrics, history=history if history is not None else pd.DataFrame(),
                          model_info=self.json(self.MODEL_INFO) or {}, curve=self.table(self.CURVE),
@@ -261,6 +297,8 @@ class RunFolder:
 
     def table(self, name: str) -> pd.DataFrame | None:
         """The CSV file ``name`` of the folder; None when it is missing, empty or truncated."""
+        import pandas as pd
+
         file = self.file(name)
         if not file.is_file():
             return None
@@ -282,8 +320,9 @@ class RunFolder:
         return [c for c in checks if isinstance(c, dict)] if isinstance(checks, list) else None
 
     def error(self) -> str | None:
+        """Why the run failed: ``error.txt``, or why its ``metrics.json`` cannot be read."""
         file = self.file(self.ERROR)
-        return file.read_text(errors="replace").strip() if file.is_file() else None
+        return file.read_text(errors="replace").strip() if file.is_file() else self.unreadable()
 
     def traceback(self) -> str | None:
         file = self.file(self.TRACEBACK)
@@ -314,11 +353,13 @@ class RunFolder:
         return [str(o) for o in overrides] if isinstance(overrides, list) else []
 
     def job_number(self) -> float:
-        """Hydra's ``hydra.job.num`` of a sweep's job, infinity where it is not recorded."""
+        """Hydra's ``hydra.job.num`` of a sweep's job; without ``.hydra/hydra.yaml``
+        (``hydra.output_subdir=null``) the number its folder name starts with; else infinity."""
         try:
             return float(yaml.safe_load(self.file(self.HYDRA).read_text())["hydra"]["job"]["num"])
         except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
-            return math.inf
+            numbered = re.match(r"(\d+)(_|$)", self.path.name)
+            return float(numbered.group(1)) if numbered else math.inf
 
     def figures(self) -> list[Path]:
         """The PNG figures: the known ones in :data:`FIGURES` order, then any others by name."""
@@ -355,6 +396,10 @@ class SweepFolder:
 
     def summary_files(self) -> list[Path]:
         return [self.file(self.SUMMARY_CSV), self.file(self.SUMMARY_MD), self.file(self.REPORT)]
+
+    def curves_files(self, formats: tuple[str, ...]) -> list[Path]:
+        """The combined curves' figure, one file per format."""
+        return [self.file(f"{self.CURVES}.{fmt}") for fmt in formats]
 
     def jobs(self) -> list[RunFolder]:
         """The run folders below the root (whatever they are called), in job-number order (Hydra's

@@ -43,6 +43,7 @@ from advrun import session as sessions
 from advrun.claim import MARKER, Claim, claim_folder
 from advrun.errors import AdvrunError
 from advrun.hydra_compat import Abort
+from advrun.runfolder import FAILED, INCOMPLETE, NOT_STARTED
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._,=+\-\[\]@%]")
 MAX_NAME = 150
 
 #: Job statuses that are not a success, in the order the command's last line names them.
-PROBLEMS = ("failed", "incomplete", "not started")
+PROBLEMS = (FAILED, INCOMPLETE, NOT_STARTED)
 
 
 def job_dir_name(num: Any, overrides: Any) -> str:
@@ -101,8 +102,6 @@ def _name_jobs_by_swept_keys(config: DictConfig) -> None:
 
     The shared overrides stay in each job's ``.hydra/overrides.yaml`` and in ``multirun.yaml``.
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
     node = config.hydra.job.config.override_dirname
     exclude = list(node.exclude_keys)
@@ -166,7 +165,7 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
         key = override.get_key_element()
         if override.is_sweep_override():
             if not override.is_discrete_sweep():
-                raise ValueError(f"{key}: a range or interval sweep has no fixed list of jobs")
+                raise ValueError(f"{key}: an interval sweep has no fixed list of jobs")
             choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
         else:
             choices[key] = [f"{key}={override.get_value_element_as_str()}"]

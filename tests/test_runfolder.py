@@ -106,3 +106,63 @@ def test_sweep_jobs_are_found_in_job_number_order_whatever_their_names(tmp_path)
     jobs = SweepFolder(tmp_path).jobs()
     assert [job.path.relative_to(tmp_path).as_posix() for job in jobs] == ["nested/d", "b", "a", "c"]
     assert jobs[-1].job_number() == math.inf
+
+
+@pytest.mark.parametrize("field, value", [("clean_accuracy", "x"), ("timings", [1]), ("n_eval", 2.5),
+                                          ("deterministic", 1), ("curve", {"a": 1})])
+def test_metrics_of_the_wrong_type_are_an_error_naming_the_file_and_the_key(field, value):
+    record = {**_metrics().to_json(), field: value}
+    with pytest.raises(AdvrunError, match=f"wrong type of {field}") as info:
+        Metrics.from_json(record, "run/metrics.json")
+    assert info.value.key == "run/metrics.json"
+
+
+def test_a_run_whose_metrics_cannot_be_read_has_failed_everywhere(tmp_path):
+    from advrun.reporting.sweep import job_record
+
+    folder = RunFolder(tmp_path / "job")
+    folder.write(_result())
+    folder.file(RunFolder.METRICS).write_text("[1, 2]")
+    assert folder.status() == FAILED and "holds a JSON list" in folder.error()
+    assert job_record(folder.path, tmp_path)["status"] == FAILED
+
+
+def test_without_hydra_yaml_a_job_is_numbered_by_its_folder_name(tmp_path):
+    assert RunFolder(tmp_path / "12_attack.eps=0.1").job_number() == 12
+    assert RunFolder(tmp_path / "3").job_number() == 3
+    assert RunFolder(tmp_path / "run_3").job_number() == math.inf
+
+
+def _string_constants(tree) -> set[str]:
+    import ast
+
+    return {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+
+
+def test_only_runfolder_names_the_files_of_a_run_folder():
+    # A file name of the run folder written as a string anywhere else in advrun/ (a path built by
+    # hand) would bypass RunFolder; prose that mentions a file is a longer string and passes.
+    import ast
+    from pathlib import Path
+
+    import advrun
+
+    names = {value for key, value in vars(RunFolder).items() if key.isupper() and isinstance(value, str)}
+    names |= set(RunFolder.REPORTS) | {value for key, value in vars(SweepFolder).items()
+                                       if key.isupper() and isinstance(value, str)}
+    package = Path(advrun.__file__).parent
+    spelled = {str(path.relative_to(package)): sorted(names & _string_constants(ast.parse(path.read_text())))
+               for path in package.rglob("*.py") if path.name != "runfolder.py"}
+    assert {path: found for path, found in spelled.items() if found} == {}
+
+
+def test_load_run_names_a_model_description_that_is_not_advruns(tmp_path):
+    from advrun.experiment import load_run
+
+    folder = RunFolder(tmp_path)
+    folder.write_config("model:\n  _target_: advrun.models.MLP\n")
+    folder.write(_result())
+    folder.file(RunFolder.MODEL_INFO).write_text("[]")
+    with pytest.raises(AdvrunError, match="is not advrun's model description") as info:
+        load_run(tmp_path)
+    assert info.value.key == "path"

@@ -95,7 +95,8 @@ def test_one_hidden_layer_recognises_only_linear_activation_linear():
     plain = nn.Sequential(nn.Linear(4, 3), nn.ELU(), nn.Linear(3, 2))
     assert one_hidden_layer(plain) == (None, plain[0], plain[1], plain[2])
     for other in (MLP(MNIST, 10, hidden=[8, 8]), MLP(MNIST, 10, hidden=[8], batch_norm=True),
-                  MLP(MNIST, 10, hidden=[8], dropout=0.5), MLP(MNIST, 10, hidden=[]), LogReg(MNIST, 10),
+                  MLP(MNIST, 10, hidden=[8], dropout=0.5), nn.Sequential(nn.Flatten(), nn.Linear(784, 10)),
+                  LogReg(MNIST, 10),
                   menu_model("cnn"), menu_model("wong_mnist"), menu_model("resnet", width=2)):
         assert one_hidden_layer(other) is None, type(other).__name__
 

@@ -29,7 +29,7 @@ ERROR_LINE = re.compile(r"^advrun: error: (\S+): (\S.*)$")
 # --- the mechanism ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("check, good, bad", [
-    (Number(1, integer=True), [1, 2, 10**30], [0, 1.0, True, "1", None, math.nan, [1]]),
+    (Number(1, integer=True), [1, 2, 2**63 - 1], [0, 1.0, True, "1", None, math.nan, [1], 2**63, 10**30]),
     (Number(0, 1, high_open=True), [0, 0.5, 0.999], [1, -1e-9, math.nan, math.inf, False]),
     (Number(0, 1, low_open=True), [1e-300, 1], [0, 1.0000001]),
     (Number(0, math.inf, high_open=True, optional=True), [None, 0, 1e30], [math.inf, -0.0001, "x", 1.0001e30]),
@@ -230,3 +230,13 @@ def test_a_checkpoint_of_nan_weights_evaluated_as_is_ends_in_one_line(tmp_path):
     key, message = one_error_line(tmp_path, "model.hidden=[8]", f"model.checkpoint={tmp_path / 'nan.pt'}",
                                   "train.epochs=0")
     assert key == "model.checkpoint" and "non-finite weights" in message
+
+
+def test_integer_fields_without_an_upper_end_stop_at_int64():
+    from advrun.errors import Number
+
+    Number(1, integer=True).check("steps", 2**63 - 1)
+    for value in (2**63, 10**20):
+        with pytest.raises(InvalidValue, match=r"steps: must be an integer >= 1 and at most 2\*\*63 - 1"):
+            Number(1, integer=True).check("steps", value)
+    Number(0, 2**64 - 1, integer=True).check("seed", 2**64 - 1)  # an interval that says more holds

@@ -27,7 +27,7 @@ from advrun.reporting import plots
 from advrun.errors import AdvrunError
 from advrun.reporting.render import figure, link, render, table
 from advrun.reporting.report import num, pct
-from advrun.runfolder import FAILED, OK, RunFolder, SweepFolder
+from advrun.runfolder import FAILED, INCOMPLETE, NOT_STARTED, OK, RunFolder, SweepFolder
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def not_started(root: Path, started: set[float]) -> list[dict[str, Any]]:
     except Exception as e:  # noqa: BLE001 - a summary without the jobs not started, and the log says so
         log.warning("%s cannot be read: %s", file, e)
         planned = []
-    return [{"job": name, "status": "not started", "error": "",
+    return [{"job": name, "status": NOT_STARTED, "error": "",
              **{f"override:{k}": v for k, v in map(parse_override, overrides)}}
             for num, name, overrides in planned if num not in started]
 
@@ -175,7 +175,7 @@ def sweep_context(root: Path, frame: pd.DataFrame, report: str, picture: Path | 
     """What the summary shows, for ``sweep.j2``: job cells link each job's ``report`` (``report.md`` or
     ``report.html``); ``picture`` is the PNG of the combined curves, if any."""
     counts = {s.replace(" ", "_"): int((frame["status"] == s).sum())
-              for s in ("ok", "failed", "incomplete", "not started")}
+              for s in (OK, FAILED, INCOMPLETE, NOT_STARTED)}
     _, common = varying_overrides(frame)
     caption = ("Robust accuracy against epsilon, one line per finished job (certified accuracy, a lower bound, "
                "dashed where the job certified its model).")
@@ -200,12 +200,12 @@ def write_sweep_report(root: str | Path, *, rebuild_jobs: bool = False) -> pd.Da
     io.write_csv(sweep.file(sweep.SUMMARY_CSV), frame)
     picture = None
     curves = combined_curves(frame, root) if len(frame) else []
-    curves_stem = sweep.file(sweep.CURVES)
     if curves:
-        picture = plots.save(plots.plot_combined_curves(curves, f"sweep {root.name}: every finished job"), curves_stem)[0]
+        picture = plots.save(plots.plot_combined_curves(curves, f"sweep {root.name}: every finished job"),
+                             sweep.file(sweep.CURVES))[0]
     else:  # no finished job with a curve (yet): no figure, not an old one
-        for fmt in plots.FORMATS:
-            curves_stem.with_name(f"{curves_stem.name}.{fmt}").unlink(missing_ok=True)
+        for file in sweep.curves_files(plots.FORMATS):
+            file.unlink(missing_ok=True)
     markdown, page = RunFolder.REPORTS
     for fmt, file, report in (("md", sweep.SUMMARY_MD, markdown), ("html", sweep.REPORT, page)):
         io.write_text(sweep.file(file), render("sweep.j2", fmt, **sweep_context(root, frame, report, picture)))
