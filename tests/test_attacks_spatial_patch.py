@@ -15,6 +15,15 @@ from advrun.attacks.spatial import rotate_translate
 from advrun.errors import InvalidValue
 from advrun.evaluation import robustness_curve
 
+#: Images resampled by rotate_translate or paste (float32 affine grid and bilinear interpolation)
+#: against the same pixels moved exactly: the sampling coordinates carry float32 rounding (cos 90
+#: degrees is -4.4e-8 in float32; the grid's normalisation round trip is ~1e-7 relative on
+#: coordinates of up to ~10 pixels), i.e. ~1e-6 pixel, which moves a value in [0, 1] by ~1e-6.
+RESAMPLED_ATOL = 1e-5
+
+# Comparisons without stated tolerances use the defaults, a few ulps: torch.testing.assert_close
+# (float32 rtol 1.3e-6, atol 1e-5) and pytest.approx (rel 1e-6; e.g. 3 / 28 written to 17 digits).
+
 
 def shifted(image, dx, dy, fill):
     """``image`` (C x H x W) moved dx pixels right and dy down, uncovered pixels set to ``fill``."""
@@ -33,7 +42,7 @@ def test_zero_rotation_and_translation_is_the_identity():
     x = torch.rand(6, 3, 9, 7)
     assert torch.equal(rotate_translate(x, torch.zeros(6), torch.zeros(6, 2)), x)
     tiny = rotate_translate(x, torch.full((6,), 1e-9), torch.zeros(6, 2))  # through the interpolation
-    torch.testing.assert_close(tiny, x, atol=1e-5, rtol=0)
+    torch.testing.assert_close(tiny, x, atol=RESAMPLED_ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("size", [7, 8])
@@ -42,7 +51,7 @@ def test_quarter_turns_are_rot90(size, angle, k):
     """Counter-clockwise as displayed (row 0 on top), like torch.rot90 over (H, W)."""
     x = torch.rand(4, 2, size, size)
     out = rotate_translate(x, torch.full((4,), angle), torch.zeros(4, 2))
-    torch.testing.assert_close(out, torch.rot90(x, k, dims=(-2, -1)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out, torch.rot90(x, k, dims=(-2, -1)), atol=RESAMPLED_ATOL, rtol=0)
 
 
 def test_integer_translations_shift_and_fill_with_the_lower_bound():
@@ -50,7 +59,7 @@ def test_integer_translations_shift_and_fill_with_the_lower_bound():
     shifts = torch.tensor([[2.0, 0.0], [0.0, -1.0], [-3.0, 2.0]])
     out = rotate_translate(x, torch.zeros(3), shifts, fill=0.25)
     for i, (dx, dy) in enumerate(shifts.int().tolist()):
-        torch.testing.assert_close(out[i], shifted(x[i], dx, dy, 0.25), atol=1e-5, rtol=0)
+        torch.testing.assert_close(out[i], shifted(x[i], dx, dy, 0.25), atol=RESAMPLED_ATOL, rtol=0)
 
 
 def test_rotated_corners_take_the_lower_bound_and_outputs_stay_in_bounds():
@@ -86,6 +95,7 @@ def test_every_grid_point_is_tried():
     y = torch.zeros(len(grid), dtype=torch.long)
     result = attack(Planted(secrets), x, y)
     assert result.success.all()
+    # resampling error as RESAMPLED_ATOL (~1e-6); 1e-4 is looser still
     torch.testing.assert_close(result.x_adv, secrets, atol=1e-4, rtol=0)
 
 
@@ -153,6 +163,8 @@ def test_an_aligned_patch_is_copied_pixel_for_pixel():
     x = torch.rand(2, 3, 10, 10)
     patch = torch.rand(3, 4, 4)
     out = paste(x, patch, torch.tensor([[5.0, 3.0], [5.0, 3.0]]), torch.tensor([4.0, 4.0]), torch.tensor([0.0, 90.0]))
+    # pixel centres land on pixel centres up to float32 rounding of normalised coordinates (~6e-8,
+    # times a side of 4-10 pixels): values in [0, 1] move by < 1e-6
     torch.testing.assert_close(out[0, :, 1:5, 3:7], patch, atol=1e-6, rtol=0)
     torch.testing.assert_close(out[1, :, 1:5, 3:7], torch.rot90(patch, 1, dims=(-2, -1)), atol=1e-6, rtol=0)
     outside = torch.ones(10, 10, dtype=torch.bool)
@@ -176,6 +188,7 @@ def test_the_pasted_patch_covers_its_area_and_nothing_else(angle):
     if angle == 0:
         assert (counts == 256).all()
     else:
+        # not float error: the pixels that the rotated edges cut go either way (rasterisation)
         assert (counts - 256).abs().max() <= 0.1 * 256 and (counts.mean() - 256).abs() < 0.02 * 256
 
 
@@ -183,10 +196,12 @@ def test_placements_keep_the_patch_inside_the_image():
     attack = Patch(scale=0.2, scale_jitter=0.2, max_rotation=30.0)
     centers, sides, angles = attack.placements(2000, 12, 20)
     area = sides**2 / (12 * 20)
+    # float32 side^2 / 240 rounds by a few ulps of 0.24 (ulp 1.5e-8)
     assert area.min() >= 0.16 - 1e-6 and area.max() <= 0.24 + 1e-6
     assert angles.abs().max() <= 30.0
     r = angles * math.pi / 180
     half = sides / 2 * (r.cos().abs() + r.sin().abs())
+    # float32 coordinates of up to 20 (ulp 1.9e-6) through cos and sin of a float32 angle: a few ulps
     assert (centers[:, 0] - half >= -1e-5).all() and (centers[:, 0] + half <= 20 + 1e-5).all()
     assert (centers[:, 1] - half >= -1e-5).all() and (centers[:, 1] + half <= 12 + 1e-5).all()
 

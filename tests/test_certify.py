@@ -31,6 +31,17 @@ DUAL = {math.inf: 1, 2.0: 2, 1.0: np.inf}
 SHAPE = (1, 8, 8)
 WIDE = (-100.0, 100.0)  # bounds that never bind: the certificate ignores the box
 
+#: An attack's norm may fall below the certified radius by this much (absolute) without the
+#: certificate being wrong. The radius is float64 exact arithmetic about the weights; the attack's
+#: point is float32 (relative precision 1.2e-7 per coordinate), its norm a float32 sum over 64
+#: coordinates (~1e-6 relative for norms of order 1), and the float32 model it fooled may
+#: disagree with exact arithmetic within rounding of the boundary (advrun.certify: ~1e-6 relative).
+ATTACK_SLACK = 1e-6
+
+# Comparisons without stated tolerances use the defaults, a few ulps: torch.testing.assert_close
+# (float32 rtol 1.3e-6, atol 1e-5; float64 rtol 1e-7, atol 1e-7) and pytest.approx (rel 1e-6).
+# They compare one float computation with the same computation in another order or batch.
+
 
 def fit(make, digits, epochs):
     """``make()`` (built after seeding 0) trained on the digits for a few epochs (Adam), in eval mode."""
@@ -107,6 +118,8 @@ def test_affine_radius_is_the_closed_form_distance_to_the_boundary(trained, norm
     model, x, y = trained("logreg")
     radii = certified_radii(model, x, y, norm)
     expected = closed_form_affine_radii(model[-1].weight, model[-1].bias, x, y, norm)
+    # certify reads W and b off the model by float32 autograd (1.2e-7 relative per entry, the bias
+    # through a 64-term float32 sum, ~1e-6 absolute); the loop uses the stored weights in float64.
     torch.testing.assert_close(radii, expected, rtol=1e-5, atol=1e-6)
     assert torch.equal(radii == 0, ~correct(model, x, y))  # zero exactly where misclassified (no ties here)
 
@@ -119,11 +132,13 @@ def test_affine_radius_is_the_exact_attack_norm_where_the_box_does_not_bind(trai
     exact = LinearExact(norm=norm)(model, inner, y)
     free = (radii > 0) & (radii < 0.3)
     assert free.sum() >= 50 and exact.success[free].all()
-    # LinearExact overshoots the boundary by 1e-6 (1 + max |z|) / ||w_j - w_y||_dual (a few 1e-6 here).
+    # LinearExact overshoots the boundary by 1e-6 (1 + max |z|) / ||w_j - w_y||_dual (a few 1e-6 here):
+    # the attack's deliberate crossing margin, not float error; its norm is float32 besides.
     torch.testing.assert_close(exact.norms[free].double(), radii[free], rtol=1e-4, atol=2e-5)
     # On the raw images the box binds for some samples: it only ever increases the minimal norm.
     radii, exact = certified_radii(model, x, y, norm), LinearExact(norm=norm)(model, x, y)
     hit = exact.success & (radii > 0)
+    # 1e-5: the float32 norm of a float32 point (64 coordinates, ~1e-6 relative) against float64
     assert (exact.norms[hit].double() >= radii[hit] * (1 - 1e-5)).all()
     assert (exact.norms[hit].double() > radii[hit] * 1.05).any()
 
@@ -133,13 +148,19 @@ def test_the_normalisation_layer_is_folded_into_the_first_affine_map(digits, kin
     make = {"logreg": lambda: LogReg(SHAPE, 10, normalize=True),
             "mlp": lambda: MLP(SHAPE, 10, hidden=[16], activation="tanh")}[kind]
     model = fit(make, digits, epochs=4)
+    # default approx (rel 1e-6): only that the fitted statistics are not the identity's (far from it)
     assert model[0].std.item() != pytest.approx(1.0) and model[0].mean.item() != pytest.approx(0.0)
     twin = folded_twin(model)
     x, y = digits.x_test, digits.y_test
+    # The fold is float32: W / std and a 64-term sum for the bias, each rounded (1.2e-7 relative),
+    # carried to logits of up to ~10; measured at most 1.9e-6, so 1e-4 is loose.
     torch.testing.assert_close(twin(x), model(x), rtol=1e-4, atol=1e-4)
     for norm in (2.0, math.inf):
         radii = certified_radii(model, x, y, norm)
         assert (radii > 0).float().mean() > 0.8
+        # Two float32 read-offs that differ by the fold's rounding: a ~1e-6 change of a margin moves
+        # the radius by ~1e-6 / ||gradient|| absolute, a large relative change only for tiny radii
+        # (measured: at most 1.5e-7 absolute, 8e-5 relative on the smallest radii).
         torch.testing.assert_close(radii, certified_radii(twin, x, y, norm), rtol=1e-4, atol=1e-6)
 
 
@@ -163,7 +184,7 @@ def test_the_certificate_never_exceeds_a_successful_attack(tanh_mlp, digits, nor
         result = attack(tanh_mlp, x, y)
         hit = result.success & clean
         found += int(hit.sum())
-        assert (radii[hit] <= result.norms[hit].double() + 1e-6).all(), attack.label
+        assert (radii[hit] <= result.norms[hit].double() + ATTACK_SLACK).all(), attack.label
     assert found > 100  # the attacks did find perturbations to compare with
 
 
@@ -173,7 +194,7 @@ def test_the_certificate_never_exceeds_carlini_wagner(tanh_mlp, digits):
     result = CW(binary_steps=5, steps=100)(tanh_mlp, x, y)
     hit = result.success & correct(tanh_mlp, x, y)
     assert hit.sum() >= 40
-    assert (radii[hit] <= result.norms[hit].double() + 1e-6).all()
+    assert (radii[hit] <= result.norms[hit].double() + ATTACK_SLACK).all()
 
 
 def test_no_attack_succeeds_inside_the_certified_ball(tanh_mlp, digits):
@@ -187,9 +208,13 @@ def test_no_attack_succeeds_inside_the_certified_ball(tanh_mlp, digits):
     assert found.success.all()
     for direction in (found.x_adv - x, torch.randn(x.shape, generator=torch.Generator().manual_seed(0))):
         unit = direction / direction.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        # 1 - 1e-6: stay clear of the boundary by more than the float32 rounding of x + r u (~1e-7
+        # relative) and of the model's evaluation, so a tie at exactly r cannot decide the check
         moved = x + (1 - 1e-6) * radii.view(-1, 1, 1, 1) * unit
         assert correct(tanh_mlp, moved, y).all()
     for i in range(0, len(x), 25):  # PGD takes one budget per call
+        # 1 - 1e-3: a margin well above float32 rounding of PGD's projected iterate (~1e-6 relative);
+        # generous by choice, not derived from a float bound
         attack = PGD(eps=(1 - 1e-3) * radii[i].item(), norm=2, steps=100, restarts=2)
         assert not attack(tanh_mlp, x[i : i + 1], y[i : i + 1], bounds=WIDE).success.any()
 
@@ -198,10 +223,14 @@ def test_local_bound_is_at_least_the_lipschitz_form_and_below_the_first_order_li
     x, y = digits.x_test, digits.y_test
     local = certified_radii(tanh_mlp, x, y, 2)
     lipschitz = certified_radii(tanh_mlp, x, y, 2, bound="lipschitz")
+    # 1e-12: two float64 bisections of 60 steps (resolution 2^-60 of the start, ~1e-18 relative) on
+    # the same float64 margins; their rounding (eps64 2.2e-16 per operation) stays far below 1e-12
     assert (local >= lipschitz - 1e-12).all() and (local > lipschitz * 1.05).any()
     # min_j g_j(x) / ||grad g_j(x)||_2 (autograd) bounds both: M_j(R) >= ||grad g_j(x)||.
     margins, gradients = margins_and_gradients(tanh_mlp, x, y)
     limit = (margins / gradients.norm(dim=2)).nan_to_num(math.inf).amin(dim=1).clamp_min(0)
+    # 1e-6: the limit is computed from the stored weights in float64, the certificate from weights
+    # read off by float32 autograd (1.2e-7 relative per entry, ~1e-6 after 64-term sums)
     assert (local <= limit * (1 + 1e-6)).all()
 
 
@@ -220,6 +249,8 @@ def test_lipschitz_form_solves_its_quadratic(tanh_mlp, digits):
     g = gradients.norm(dim=2)
     roots = ((-g + (g**2 + 4 * k * margins).sqrt()) / (2 * k)).nan_to_num(math.inf).amin(dim=1)
     expected = torch.where(correct(tanh_mlp, x, y), roots, 0.0)
+    # float64 roots, but of the float32-folded twin's weights against certify's float32 read-off
+    # of the normalised model: ~1e-6 relative in the margins and gradients
     torch.testing.assert_close(radii, expected, rtol=1e-5, atol=1e-7)
 
 
@@ -240,6 +271,8 @@ def test_a_nearly_linear_network_is_certified_at_its_linear_distance(tanh_mlp, d
     both = (radii > 0) & (linear > 0)
     assert both.float().mean() > 0.8
     ratio = radii[both] / linear[both]
+    # Not float error: 1.001 allows the nonlinearity tanh(s h) / s - h ~ s^2 h^3 / 3 (s^2 = 1e-6) and
+    # the float32 rescaling by s; 0.97 is how tight the certificate is here (algorithmic).
     assert ratio.min() > 0.97 and ratio.max() < 1.001
 
 
@@ -283,6 +316,8 @@ def test_the_gradient_bound_holds_everywhere_in_the_ball(layer, bound, hidden):
                 _, gradients = margins_and_gradients(model, point + offsets, label.expand(len(offsets)))
                 largest = torch.linalg.vector_norm(gradients, ord=DUAL[norm], dim=2).nan_to_num(0).amax(dim=0)
                 other = torch.arange(len(limit)) != label
+                # float64 on both sides; the single-unit bound is attained on the grid, so the two
+                # meet up to rounding (eps64 2.2e-16 per operation, a few dozen operations) << 1e-9
                 assert (largest[other] <= limit[other] * (1 + 1e-9)).all(), (norm, radius)
                 ratios.append((largest[other] / limit[other]).max().item())
             if bound == "local" and hidden == 1:
@@ -311,6 +346,8 @@ def test_a_single_hidden_unit_is_certified_below_and_close_to_its_exact_boundary
     for norm in (2.0, math.inf, 1.0):
         exact = (pre - h_star).abs() / torch.linalg.vector_norm(u, ord=DUAL[norm])
         radii = certified_radii(model, x, y, norm)
+        # float64 throughout (the inverse activation, the norm, a 60-step bisection); the certificate
+        # nearly reaches the exact distance, so only float64 rounding (~1e-15 relative) separates them
         assert (radii <= exact * (1 + 1e-9)).all()
         assert (radii / exact).max() > 0.99 and (radii / exact).median() > 0.6
 
@@ -350,7 +387,7 @@ def test_other_smooth_activations_are_certified_soundly(digits, activation):
     for attack in (DeepFool(norm=2), PGD(eps=0.5, norm=2, steps=50)):
         result = attack(model, x, y, bounds=WIDE)
         hit = result.success & clean
-        assert hit.sum() > 20 and (radii[hit] <= result.norms[hit].double() + 1e-6).all()
+        assert hit.sum() > 20 and (radii[hit] <= result.norms[hit].double() + ATTACK_SLACK).all()
 
 
 @pytest.mark.parametrize("layer", [*SMOOTH, torch.nn.Softplus(beta=3.0)])
@@ -359,6 +396,8 @@ def test_activation_derivative_and_its_range_over_an_interval(layer):
     activation = smooth_activation(layer)
     t = torch.linspace(-30, 30, 6001, dtype=torch.float64, requires_grad=True)
     (slope,) = torch.autograd.grad(layer(t).sum(), t)
+    # float64, two formulas for sigma' (closed form and autograd's); where sigma' saturates (|t| up to
+    # 30) forms like 1 - tanh(t)^2 cancel to an absolute error of a few eps64 (2.2e-16) << 1e-12
     torch.testing.assert_close(activation.derivative(t.detach()), slope, rtol=1e-9, atol=1e-12)
     generator = torch.Generator().manual_seed(0)
     lo = torch.empty(200, dtype=torch.float64).uniform_(-8, 8, generator=generator)
@@ -366,11 +405,17 @@ def test_activation_derivative_and_its_range_over_an_interval(layer):
     lowest, highest = activation.derivative_range(lo, hi)
     grid = lo[:, None] + (hi - lo)[:, None] * torch.linspace(0, 1, 20001, dtype=torch.float64)
     values = activation.derivative(grid)
+    # atol 1e-6 is the grid's resolution, not float error: spacing up to ~1e-3, and at an interior
+    # extremum the grid misses it by ~|sigma'''| h^2 / 8 (endpoints lie on the grid).
     torch.testing.assert_close(lowest, values.amin(dim=1), rtol=0, atol=1e-6)
     torch.testing.assert_close(highest, values.amax(dim=1), rtol=0, atol=1e-6)
+    # 1e-15: the range must contain every grid value up to float64 rounding (values <= 1, ~4 eps64)
     assert (lowest <= values.amin(dim=1) + 1e-15).all() and (highest >= values.amax(dim=1) - 1e-15).all()
     # The Lipschitz constant of sigma' bounds its change between grid neighbours (plus any jump).
     steps = (values.diff(dim=1).abs() / (grid.diff(dim=1))).amax()
+    # 1 + 1e-6: float64 rounding of a difference quotient, ~eps64 |sigma'| / spacing, ~1e-9 at the
+    # finest spacing here (~5e-7). 0.9 is how close the grid gets to the constant (a tightness
+    # check, not a float tolerance).
     assert steps <= activation.lipschitz * (1 + 1e-6) and steps >= activation.lipschitz * 0.9
 
 
@@ -427,6 +472,8 @@ def test_the_outer_maximum_is_the_crossing_of_the_bound_with_r():
     (4 / R, unbounded at 0) the upper end is found by doubling: the crossing is R = 2."""
     c = torch.tensor([0.0, 0.1, 1.0, 30.0], dtype=torch.float64)
     radii = largest_certified_radius(lambda r: c / (1 + r), c)
+    # float64 bisection of 60 steps: resolution 2^-60 (~1e-18) of the start, plus the closed form's
+    # own rounding (a sqrt, a few eps64); rtol 1e-12 is ~4000 ulps
     torch.testing.assert_close(radii, (-1 + (1 + 4 * c).sqrt()) / 2, rtol=1e-12, atol=1e-15)
     # Stopped early, the bisection returns a radius that is itself certified.
     rough = largest_certified_radius(lambda r: c / (1 + r), c, steps=3)

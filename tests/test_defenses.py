@@ -23,6 +23,10 @@ from tests.conftest import TINY, TINY_DEFENSE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+# Comparisons without stated tolerances use torch.testing.assert_close's defaults (float32: rtol
+# 1.3e-6, atol 1e-5), a few ulps: they compare one float32 computation with the same one written
+# out in another order (the closed form against the defense's code, batched against per sample).
+
 
 
 class ModeRecorder(nn.Module):
@@ -54,6 +58,7 @@ def test_trades_inner_maximisation_stays_in_the_ball_in_eval_mode_without_parame
     assert all(p.grad is None for p in model.parameters())
     assert model.training and recorder.modes and not any(recorder.modes)
     delta = (x_adv - x).flatten(1)
+    # float32: the projection's scaling (1.2e-7 relative) and a norm summed over 64 coordinates (~1e-6)
     assert torch.linalg.vector_norm(delta, ord=float(norm), dim=1).max() <= eps * (1 + 1e-5)
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     # the maximisation works: the KL at x' beats the KL at random points of the ball
@@ -97,6 +102,7 @@ def test_fast_at_is_one_fgsm_step_from_a_random_start_inside_the_ball_and_bounds
     defense = FastAT(eps=eps)
     torch.manual_seed(3)
     x_adv = defense.attack(model, x, y, bounds=(0.0, 1.0)).x_adv
+    # float32 x + delta in [0, 1] rounds by half an ulp, <= 6e-8, i.e. 6e-7 of eps = 0.1
     assert (x_adv - x).abs().max() <= eps * (1 + 1e-6) and x_adv.min() >= 0 and x_adv.max() <= 1
     # Wong et al.'s step written out: uniform start, FGSM step of 1.25 eps, projections
     torch.manual_seed(3)
@@ -194,7 +200,7 @@ def test_linear_robust_logits_are_the_worst_case_over_the_vertices_of_the_ball(n
     if classes == 2:  # exact: the logistic loss is monotone in the one margin
         torch.testing.assert_close(loss, worst_ce.mean())
     else:  # every pair at its own worst case: an upper bound
-        assert loss >= worst_ce.mean() - 1e-6
+        assert loss >= worst_ce.mean() - 1e-6  # float32 cross entropies of order 1 (1.2e-7 relative)
 
 
 def test_linear_robust_l2_worst_case_is_attained_and_never_exceeded():
@@ -212,6 +218,7 @@ def test_linear_robust_l2_worst_case_is_attained_and_never_exceeded():
         for _ in range(20):
             direction = torch.randn_like(x)
             random = x + eps * direction / direction.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+            # float32 losses at float32-rounded points on the sphere: ~1e-6 of losses of order 1
             assert (F.cross_entropy(model(random), y, reduction="none")
                     <= F.cross_entropy(model(best), y, reduction="none") + 1e-5).all()
 
@@ -227,6 +234,7 @@ def test_linear_robust_at_eps_zero_is_cross_entropy_and_trains_the_parameters():
     std, mean, linear = model[0].std.flatten(), model[0].mean.flatten(), model[-1]
     explicit = linear.weight / std
     torch.testing.assert_close(weight, explicit)
+    # float32: a 64-term sum in another order (1.2e-7 relative per term, ~1e-6 in all)
     torch.testing.assert_close(bias, linear.bias - explicit @ mean.expand(64), rtol=1e-5, atol=1e-5)
     LinearRobust(eps=0.1).loss(model, x, y).backward()
     found = [p.grad.clone() for p in model.parameters()]
@@ -255,6 +263,7 @@ def test_cross_lipschitz_closed_form_matches_double_backprop(activation):
     logits_c, closed = class_gradients_closed(parts, x)
     logits_a, auto = class_gradients_autograd(model, x)
     torch.testing.assert_close(logits_c, logits_a)
+    # float32: U^T (v * sigma') by hand against double backprop, sums over 16 units in another order
     torch.testing.assert_close(closed, auto, rtol=1e-5, atol=1e-6)
     grads = {}
     for form in ("closed", "autograd"):
@@ -262,6 +271,8 @@ def test_cross_lipschitz_closed_form_matches_double_backprop(activation):
         CrossLipschitz(weight=1.0, form=form).loss(model, x, y).backward()
         grads[form] = [p.grad.clone() for p in model.parameters()]
     for a, b in zip(grads["closed"], grads["autograd"]):
+        # float32 gradients of the penalty, through second derivatives and sums over 24 samples x 100
+        # class pairs x 64 pixels in two orders: rounding accumulates to ~1e-5 relative
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
@@ -286,6 +297,8 @@ def test_cross_lipschitz_penalty_vanishes_when_all_class_gradients_agree(form):
     defense = CrossLipschitz(weight=1.0, form=form)
     _, gradients = defense.class_gradients(model, x)
     scale = gradients.pow(2).sum(dim=(1, 2)).mean()  # what the penalty would be of the same size without the tie
+    # the penalty is quadratic in the differences between class gradients: rows equal up to float32
+    # rounding (1.2e-7 relative) leave at most ~1e-14 of the scale
     assert scale > 0 and defense.penalty(gradients) <= 1e-12 * scale
     torch.testing.assert_close(defense.loss(model, x, y), F.cross_entropy(model(x), y))
 

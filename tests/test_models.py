@@ -22,6 +22,10 @@ from tests.conftest import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+# Comparisons without stated tolerances use the defaults, a few ulps: torch.testing.assert_close
+# (float32 rtol 1.3e-6, atol 1e-5; float64 rtol 1e-7, atol 1e-7) and pytest.approx (rel 1e-6).
+# They compare one float computation with the same one in another order, kernel or batch shape.
+
 
 @pytest.mark.parametrize("cls", [LogReg, MLP, CNN])
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32), (1, 28, 28)])
@@ -43,6 +47,8 @@ def test_normalization_is_a_layer_fitted_to_the_training_set():
     norm = model[0]
     assert isinstance(norm, Normalize)
     z = norm(x)
+    # float32 statistics over 8000 values of order 1 (1.2e-7 relative each, ~1e-6 after summation);
+    # 1e-3 on the std is loose: the same estimator (unbiased, over the same set) fitted the layer
     torch.testing.assert_close(z.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
     torch.testing.assert_close(z.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-3, rtol=0)
     assert "0.mean" in model.state_dict() and "0.std" in model.state_dict()
@@ -94,6 +100,8 @@ def test_each_activation_matches_its_formula(name):
 def test_softplus_sharpness_is_beta(beta):
     values = make_activation("softplus", softplus_beta=beta)(torch.tensor(POINTS, dtype=torch.float64))
     expected = [math.log(1 + math.exp(beta * t)) / beta for t in POINTS]
+    # float64; torch's softplus returns t itself where beta t > 20 (its threshold), off by
+    # log1p(exp(-20)) / beta <= 4.1e-9 at beta 0.5: below atol 1e-8
     torch.testing.assert_close(values, torch.tensor(expected, dtype=torch.float64), rtol=1e-7, atol=1e-8)
     mlp = MLP(in_shape=(4,), num_classes=2, hidden=[3], activation="softplus", softplus_beta=beta)
     assert [m.beta for m in mlp.modules() if isinstance(m, torch.nn.Softplus)] == [beta]
@@ -106,6 +114,8 @@ def test_softplus_beta_bounds_the_curvature_the_certificate_uses():
         t = torch.linspace(-5, 5, 20001, dtype=torch.float64)
         h = t[1] - t[0]
         second = (act(t[2:]) - 2 * act(t[1:-1]) + act(t[:-2])) / h**2
+        # float64 central difference, h = 5e-4: truncation h^2 |f''''| / 12 ~1e-7 relative, rounding
+        # 4 eps64 |f| / h^2 ~1e-9; rel 1e-4 is loose
         assert second.max().item() == pytest.approx(beta / 4, rel=1e-4)
         assert smooth_activation(act).lipschitz == pytest.approx(beta / 4)
 
@@ -148,6 +158,7 @@ def test_batch_norm_uses_batch_statistics_in_train_mode_and_running_ones_in_eval
     dims = [0] if seen["inp"].dim() == 2 else [0, 2, 3]
     mean, var = seen["inp"].mean(dim=dims), seen["inp"].var(dim=dims, unbiased=False)
     # train mode: the batch's own statistics (gamma = 1, beta = 0 at initialisation)
+    # float32 mean of normalised values of order 1 over the batch (~1e-6 after summation)
     torch.testing.assert_close(seen["out"].mean(dim=dims), torch.zeros_like(mean), atol=1e-5, rtol=0)
     # running statistics moved from (0, 1) by momentum 0.1 towards the batch's (unbiased variance)
     n = seen["inp"].numel() / seen["inp"].shape[1]
@@ -160,6 +171,8 @@ def test_batch_norm_uses_batch_statistics_in_train_mode_and_running_ones_in_eval
     torch.testing.assert_close(single, batch[:1])  # eval: a sample does not depend on its batch
     expected = (seen["inp"] - _channel(first_norm.running_mean, seen["inp"])) / \
         _channel(first_norm.running_var + first_norm.eps, seen["inp"]).sqrt()
+    # float32: the kernel multiplies by rsqrt(var + eps), the hand formula divides by sqrt; a few ulps
+    # (1.2e-7 relative) of values up to ~10
     torch.testing.assert_close(seen["out"], expected, rtol=1e-5, atol=1e-5)
 
 
@@ -197,6 +210,7 @@ def test_binary_logreg_has_one_logit_and_its_cross_entropy_is_the_logistic_loss(
     torch.testing.assert_close(logits, torch.stack([torch.zeros(6), z], dim=1))
     s = [1 if label == 1 else -1 for label in y.tolist()]
     logistic = sum(math.log(1 + math.exp(-si * zi)) for si, zi in zip(s, z.tolist())) / 6
+    # float32 log-sum-exp over 6 samples (1.2e-7 relative per operation) against float64 math
     assert torch.nn.functional.cross_entropy(logits, y).item() == pytest.approx(logistic, rel=1e-6)
     assert torch.equal(logits.argmax(1), (z > 0).long())
 
@@ -242,14 +256,16 @@ def test_one_logit_and_two_logit_twins_have_the_same_exact_radii(binary_pair, no
     one, two, x, y = binary_pair
     torch.testing.assert_close(one(x), two(x))
     radii = certified_radii(one, x, y, norm)
-    torch.testing.assert_close(radii, certified_radii(two, x, y, norm), rtol=1e-6, atol=1e-9)  # float32 read-off
+    # float32 read-off: certify reads W and b by float32 autograd (1.2e-7 relative per entry), of
+    # a model with one logit against one with two; radii are float64 from those entries
+    torch.testing.assert_close(radii, certified_radii(two, x, y, norm), rtol=1e-6, atol=1e-9)
     w, b = one[1].weight.detach().double()[0], one[1].bias.detach().double()[0]
     z = x.flatten(1).double() @ w + b
     right = (z > 0) == (y == 1)
     assert right.float().mean() > 0.9
     expected = torch.where(right, z.abs() / torch.linalg.vector_norm(w, ord={math.inf: 1, 2.0: 2, 1.0: math.inf}[norm]),
                            0.0)
-    torch.testing.assert_close(radii, expected, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(radii, expected, rtol=1e-6, atol=1e-9)  # the same float32 read-off
 
 
 @pytest.mark.parametrize("norm", [math.inf, 2.0])
@@ -257,6 +273,7 @@ def test_one_logit_and_two_logit_twins_meet_the_same_exact_attack(binary_pair, n
     one, two, x, y = binary_pair
     a, b = LinearExact(norm=norm)(one, x, y), LinearExact(norm=norm)(two, x, y)
     assert torch.equal(a.success, b.success) and a.success.float().mean() > 0.9
+    # float32 points in [0, 1] (ulp <= 1.2e-7) computed from two float32 read-offs of the same map
     torch.testing.assert_close(a.x_adv, b.x_adv, rtol=0, atol=1e-6)
     torch.testing.assert_close(a.norms, b.norms, rtol=1e-6, atol=1e-7)
 
@@ -292,9 +309,14 @@ def test_batch_norm_and_dropout_are_certified_as_in_eval_mode(digits, norm):
     x, y = digits.x_test[:120], digits.y_test[:120]
     twin = folded(model)
     model.eval()
+    # The fold is float32 (W * scale, a bias from running statistics, each rounded at 1.2e-7),
+    # carried through 64- and 24-term sums to the logits; measured at most 4.8e-7 (logits up to
+    # 3.8), so 1e-4 is loose.
     torch.testing.assert_close(twin(x), model(x), rtol=1e-4, atol=1e-4)
     radii = certified_radii(model, x, y, norm)
     assert (radii > 0).float().mean() > 0.5
+    # Radii of two models that differ by that rounding (float64 from two float32 read-offs):
+    # measured at most 2.2e-6 relative, 1.1e-7 absolute; rtol 1e-3 is loose, not derived.
     torch.testing.assert_close(radii, certified_radii(twin, x, y, norm), rtol=1e-3, atol=1e-6)
 
 
@@ -355,6 +377,8 @@ def test_preact_block_adds_the_shortcut_after_pre_activation():
     expected = x + conv(torch.relu(bn(block.bn2, conv(torch.relu(bn(block.bn1, x)), block.conv1.weight, padding=1))),
                         block.conv2.weight, padding=1)
     with torch.no_grad():
+        # float32: the same convolutions, batch norm by kernel against by hand (rsqrt against
+        # division); a few ulps (1.2e-7 relative) through 36-term sums of values of order 1
         torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -402,6 +426,8 @@ def test_preact_resnet18_loads_the_reference_weights_and_computes_the_same_funct
     model.load_state_dict(reference.state_dict())  # strict: the same names and shapes
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
+        # float32 through 18 layers of convolutions with sums of up to 4608 terms, in another
+        # association (shortcut order, fused batch norm): ~1e-5 relative accumulates
         torch.testing.assert_close(model.eval()(x), reference.eval()(x), rtol=1e-4, atol=1e-5)
 
 
@@ -436,7 +462,9 @@ def test_binary_logreg_runs_end_to_end_with_exact_attack_and_certificate(make_cf
     curve = pd.read_csv(tmp_path / "curve.csv")
     exact = curve[curve["attack"] == "linear_exact"].set_index("eps")["robust_accuracy"]
     certified = curve[curve["attack"] == "certified"].set_index("eps")["robust_accuracy"]
-    assert (certified <= exact + 1e-12).all()  # a proven lower bound never exceeds the exact attack
+    # a proven lower bound never exceeds the exact attack; both are k / N on the same N, read back
+    # from CSV, so 1e-12 only absorbs the decimal round trip (~1e-16)
+    assert (certified <= exact + 1e-12).all()
     run = experiment.load_run(tmp_path)
     assert run.model.binary and run.model(torch.rand(2, 1, 8, 8)).shape == (2, 2)
 

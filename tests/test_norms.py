@@ -8,6 +8,10 @@ import torch
 
 from advrun.attacks.norms import dual_norm, lp_norm, parse_norm, project, random_in_ball, steepest_direction
 
+# Comparisons without stated tolerances use torch.testing.assert_close's defaults (float32: rtol
+# 1.3e-6, atol 1e-5) and pytest.approx's (rel 1e-6), a few ulps: the same formula evaluated in
+# another order (per sample against batched, a sum against a norm).
+
 
 @pytest.mark.parametrize("spelling, value", [
     ("inf", math.inf), ("Linf", math.inf), (math.inf, math.inf), (2, 2.0), ("l2", 2.0), ("2", 2.0), (1, 1.0), ("L1", 1.0),
@@ -58,8 +62,10 @@ def test_l1_projection_agrees_with_bisection_solver():
         out = project(delta, eps, 1.0)
         for i in range(len(delta)):
             expected = _l1_projection_by_bisection(delta[i].numpy(), eps)
+            # float64 on both sides: 200 bisection steps pin the threshold to float64 resolution, and
+            # project's sorted cumulative sums over 20 entries of up to ~10 round by ~1e-14 << 1e-9
             np.testing.assert_allclose(out[i].numpy(), expected, atol=1e-9)
-        assert (lp_norm(out, 1.0) <= eps + 1e-9).all()
+        assert (lp_norm(out, 1.0) <= eps + 1e-9).all()  # a float64 sum of 20 terms, eps <= 50: ~1e-13
 
 
 def test_l1_projection_is_not_a_rescaling():
@@ -89,6 +95,7 @@ def test_dual_norm_is_the_largest_inner_product_over_the_unit_ball():
         q = dual_norm(p)
         directions = torch.randn(500, 12, generator=generator, dtype=torch.float64)
         directions = directions / lp_norm(directions, p)[:, None]
+        # float64 dot products and norms over 12 terms: ~12 eps64 (3e-15) relative << 1e-12
         assert (g @ directions.T <= lp_norm(g, q)[:, None] * (1 + 1e-12)).all()
         torch.testing.assert_close((g * steepest_direction(g, p)).sum(dim=1), lp_norm(g, q))
         assert dual_norm(q) == p
@@ -101,8 +108,11 @@ def test_random_start_lies_in_the_ball_and_fills_it(p):
     x = torch.zeros(2000, 6)
     sample = random_in_ball(x, 0.5, p)
     norms = lp_norm(sample, p)
+    # float32 scaling and norm (1.2e-7 relative each, over 6 coordinates): a few ulps of 0.5 (6e-8)
     assert (norms <= 0.5 + 1e-6).all()
     # Uniform in a 6-dimensional ball: P(norm <= r * eps) = r^6 (for Linf the cube's own law).
+    # 0.05 is sampling error, not float error: 2000 draws of p = 0.53 have a standard deviation
+    # of 0.011, so 0.05 is about 4.5 of them.
     if p != math.inf:
         assert abs((norms <= 0.5 * 0.9).float().mean().item() - 0.9**6) < 0.05
 

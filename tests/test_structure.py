@@ -21,6 +21,10 @@ from tests.conftest import groups
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+# Comparisons without stated tolerances use the defaults, a few ulps: torch.testing.assert_close
+# (float32 rtol 1.3e-6, atol 1e-5; float64 rtol 1e-7, atol 1e-7) and pytest.approx (rel 1e-6).
+# They compare one float computation with the same one in another order or another formula.
+
 MNIST = (1, 28, 28)
 #: The layer kinds of each model of conf/model with its defaults (resnet: two blocks per stage).
 MENU = {
@@ -123,6 +127,8 @@ def test_the_lipschitz_constant_of_each_smooth_derivative_is_its_largest_curvatu
     t = torch.linspace(-6, 6, 120001, dtype=torch.float64)
     h = (t[1] - t[0]).item()
     second = (layer(t[2:]) - 2 * layer(t[1:-1]) + layer(t[:-2])) / h**2
+    # Mostly the grid, not float error: ELU's largest curvature sits at its kink t -> 0-, which the
+    # stencil reaches only to ~h = 1e-4 relative; float64 rounding is 4 eps64 |sigma| / h^2 ~1e-7.
     assert second.abs().max().item() == pytest.approx(largest_curvature, rel=1e-3)
 
 
@@ -167,7 +173,7 @@ def hand_built_affine(generator: torch.Generator) -> tuple[nn.Module, torch.Tens
 def test_affine_map_reads_a_hand_built_affine_model():
     model, weight, bias = hand_built_affine(torch.Generator().manual_seed(3))
     found_weight, found_bias = affine_map(model, probe_points((2, 3, 3), weight))
-    torch.testing.assert_close(found_weight, weight)  # float32 rounding of one division
+    torch.testing.assert_close(found_weight, weight)  # float32 rounding of one division (default tolerance)
     torch.testing.assert_close(found_bias, bias)
     differentiable = affine_parameters(model, (2, 3, 3))  # the same map, as functions of the parameters
     torch.testing.assert_close(differentiable[0], weight)
