@@ -40,6 +40,7 @@ from typing import Callable
 
 from filelock import FileLock, Timeout
 
+from advrun import io
 from advrun.errors import AdvrunError
 
 #: Written into a folder by the run that claims it: the folder is advrun's.
@@ -168,8 +169,6 @@ def _write_marker(marker: Path, previous: dict, resumed: bool = False) -> None:
     data = {"pid": os.getpid(), "host": socket.gethostname(), "started": previous.get("started", now)}
     if resumed:
         data["resumed"] = [*previous.get("resumed", []), now]
-        from advrun import io
-
         io.write_text(marker, json.dumps(data) + "\n")
         return
     fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

@@ -56,10 +56,9 @@ def seeds(seed: int) -> dict[str, int]:
     return {"python": seed, "numpy": seed % 2**32, "torch": seed, "batch_order": seed, "evaluation": seed}
 
 
-def set_deterministic(on: Any) -> None:
-    """``deterministic=true``: PyTorch's deterministic algorithms (and cuBLAS' fixed workspace)."""
-    if not isinstance(on, bool):
-        raise ConfigError("deterministic", f"must be true or false, got {on!r}")
+def set_deterministic(on: bool) -> None:
+    """``deterministic=true``: PyTorch's deterministic algorithms (and cuBLAS' fixed workspace);
+    the value is checked with the run-wide keys (:func:`advrun.config.validate_run`)."""
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if torch.are_deterministic_algorithms_enabled() != on:  # the call imports torch._dynamo: 3-4 s

@@ -59,6 +59,9 @@ class Session:
     def release(self) -> None:
         """Stop the bar and give back every folder this session holds."""
         self.stop_sweep_bar()
+        self.release_claims()
+
+    def release_claims(self) -> None:
         while self.claims:
             self.claims.pop().release()
 

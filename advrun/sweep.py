@@ -286,9 +286,7 @@ class AdvrunCallback(Callback):
         return claim
 
     def _release(self) -> None:
-        session = self._session()
-        while session.claims:
-            session.claims.pop().release()
+        self._session().release_claims()
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _check_below(config, "hydra.output_subdir", "hydra.run.dir")
