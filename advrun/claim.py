@@ -42,6 +42,7 @@ from filelock import FileLock, Timeout
 
 from advrun import io
 from advrun.errors import AdvrunError
+from advrun.runfolder import RunFolder, SweepFolder
 
 #: Written into a folder by the run that claims it: the folder is advrun's.
 MARKER = ".advrun-claim"
@@ -151,6 +152,9 @@ def _refuse_foreign(folder: Path) -> None:
     names = sorted(os.listdir(folder))
     foreign = [name for name in names if name not in OWN]
     if foreign and MARKER not in names:
+        if RunFolder(folder).is_run() or SweepFolder(folder).file(SweepFolder.MULTIRUN).is_file():
+            raise _Taken(f"{folder} holds a run or sweep of an advrun older than its folder markers "
+                         f"({MARKER}), which it never overwrites")
         shown = ", ".join(foreign[:SHOWN]) + (f" and {len(foreign) - SHOWN} more" if len(foreign) > SHOWN else "")
         raise _Taken(f"{folder} holds files advrun did not write ({shown}), which it never overwrites")
 

@@ -73,8 +73,16 @@ def _empty_subfolder(tmp_path: Path) -> Path:
     return tmp_path / "holder"
 
 
+def _old_run(tmp_path: Path) -> None:
+    """A run folder written by an advrun without folder markers."""
+    (tmp_path / "old" / ".hydra").mkdir(parents=True)
+    (tmp_path / "old" / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (tmp_path / "old" / "metrics.json").write_text("{}\n")
+
+
 @pytest.mark.parametrize("value, make, words", [
     ("", None, "is empty"),
+    ("{tmp}/old", _old_run, "holds a run or sweep of an advrun older than its folder markers (.advrun-claim)"),
     (".", None, "holds files advrun did not write"),
     ("{tmp}/project/sub/..", None, "holds files advrun did not write"),
     ("{tmp}/project/model.pt", None, "is a file, not a folder"),
