@@ -1,4 +1,8 @@
-"""One straight pass: config -> data -> model -> train -> evaluate -> tables and files.
+"""One straight pass in three stages, each handing the next a typed object:
+
+    plan(cfg) -> RunPlan        data, model, defense, attack, budgets, optimizer: built and checked
+    execute(plan) -> RunResult  train (or resume, or reuse), attack, certify, audit; no result files
+    RunFolder.write(result)     the files (:mod:`advrun.runfolder`), then the report
 
 The runner owns no algorithm: each step is one call into the module that does it.
 """
@@ -23,9 +27,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from advrun import audit, cache, certify, losses, schedules
-from advrun.checkpoints import load_weights
 from advrun.attacks.base import Attack
 from advrun.attacks.norms import norm_name, parse_norm
+from advrun.checkpoints import load_weights
 from advrun.config import build, check_optimizer, epsilons_from, resolve_device, to_container, validate_run
 from advrun.console import results
 from advrun.data import Dataset, load_dataset
