@@ -43,7 +43,10 @@ def _file(path: Any, key: str) -> Path:
 def read_state(path: Any, key: str = "model.checkpoint") -> dict[str, torch.Tensor]:
     """The ``state_dict`` at ``path`` (a file, or a run folder holding ``model.pt``; an advrun
     training checkpoint gives its model's weights), read with ``weights_only=True``."""
-    file = _file(path, key)
+    return _read(_file(path, key), key)
+
+
+def _read(file: Path, key: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -103,8 +106,8 @@ def load_weights(model: nn.Module, path: Any, key: str = "model.checkpoint", pro
     """Load the ``state_dict`` at ``path`` into ``model`` (on the CPU; the model moves to the run's
     device afterwards), after the checks of the module docstring; ``probe``: test inputs on
     which the loaded model's logits must be finite."""
-    state = read_state(path, key)
     file = _file(path, key)
+    state = _read(file, key)
     check_fits(model, state, file, key)
     model.load_state_dict(state)
     if probe is not None:
