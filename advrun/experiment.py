@@ -117,6 +117,7 @@ def build_attack(cfg: DictConfig, data: Dataset, model: nn.Module) -> tuple[Atta
         eps = default_budgets(data, norm)["eps"]
     attack = build(node, "attack", eps=eps)
     with keyed("attack"):
+        attack = attack.with_training_loss(cfg.train.loss)
         attack.check_classes(data.num_classes)
         attack.check_model(model, data.shape)
     grid = cfg.eval.epsilons

@@ -13,11 +13,13 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from advrun.attacks.base import BoundedAttack, Bounds, Goal, WorstCase, largest_other_logit
+from advrun.attacks.base import BoundedAttack, Bounds, Goal, WorstCase
 from advrun.attacks.norms import norm_name, project, random_in_ball, steepest_direction
-from advrun.errors import Choice, InvalidValue, require_int
+from advrun.attacks.objectives import OBJECTIVES, dlr_loss, dlr_targeted_loss
+from advrun.errors import InvalidValue, require_int
 
-LOSSES = ("ce", "dlr", "dlr_targeted")
+__all__ = ["APGD", "checkpoints", "dlr_loss", "dlr_targeted_loss"]
+
 #: Momentum weight alpha and the fraction rho of loss increases between checkpoints (Sect. 3.1).
 MOMENTUM = 0.75
 RHO = 0.75
@@ -36,22 +38,6 @@ def checkpoints(n_iter: int) -> list[int]:
     return sorted(set(points))
 
 
-def dlr_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Eq. 7: ``DLR(z, y) = -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3)``, ``z_pi`` the logits
-    sorted in decreasing order (shift- and scale-invariant; needs >= 3 classes)."""
-    ranked = logits.sort(dim=1, descending=True).values
-    z_y = logits.gather(1, labels[:, None]).squeeze(1)
-    return -(z_y - largest_other_logit(logits, labels)) / (ranked[:, 0] - ranked[:, 2] + 1e-12)
-
-
-def dlr_targeted_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Eq. 8: ``DLR-T(z, y, t) = -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)`` (needs >= 4 classes)."""
-    ranked = logits.sort(dim=1, descending=True).values
-    z_y = logits.gather(1, labels[:, None]).squeeze(1)
-    z_t = logits.gather(1, targets[:, None]).squeeze(1)
-    return -(z_y - z_t) / (ranked[:, 0] - (ranked[:, 2] + ranked[:, 3]) / 2 + 1e-12)
-
-
 @dataclass
 class APGD(BoundedAttack):
     """APGD in the Linf or L2 norm (Algorithm 1), with ``n_iter`` gradient steps per run.
@@ -65,10 +51,10 @@ class APGD(BoundedAttack):
     since ``w_{j-1}``, or (2) its step was not halved at ``w_{j-1}`` and its best loss has
     not grown since.
 
-    ``loss``: ``ce``; ``dlr`` (eq. 7); ``dlr_targeted`` (DLR-T, eq. 8). With ``target`` set
-    the attack is targeted: ``ce`` descends the target's cross-entropy, both DLR losses use
-    DLR-T with the target ``t`` and, in place of the true label (which a targeted goal does not
-    carry), the largest other logit ``max_{i != t} z_i``.
+    ``loss``: ``ce``; ``dlr`` (eq. 7); ``dlr_targeted`` (DLR-T, eq. 8); or any other objective of
+    :mod:`advrun.attacks.objectives` (``margin``, ``mse``, ...). With ``target`` set the attack is
+    targeted: ``ce`` descends the target's cross-entropy, both DLR losses use DLR-T with the true
+    label ``y`` and the target ``t`` (eq. 8).
 
     AutoAttack's APGD-T is ``loss: dlr_targeted`` with ``target: null``: the goal stays
     untargeted (any wrong class counts), and for each of the ``n_target_classes`` classes
@@ -81,6 +67,8 @@ class APGD(BoundedAttack):
 
     name = "apgd"
     norms: ClassVar[tuple[float, ...]] = (math.inf, 2.0)
+    gradient_based = True
+    losses = (*OBJECTIVES, "dlr_targeted")
 
     loss: str = "ce"
     n_iter: int = 100
@@ -89,25 +77,20 @@ class APGD(BoundedAttack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        Choice(tuple(LOSSES), "unknown loss").check("loss", self.loss)
         require_int("n_iter", self.n_iter, minimum=1)
         require_int("n_restarts", self.n_restarts, minimum=1)
         require_int("n_target_classes", self.n_target_classes, minimum=1)
 
     @property
     def label(self) -> str:
-        variant = {"ce": "ce", "dlr": "dlr", "dlr_targeted": "t"}[self.loss]
+        variant = {"dlr_targeted": "t"}.get(self.loss, self.loss)
         return f"apgd-{variant}-{norm_name(self.norm)}"
 
     def check_classes(self, num_classes: int) -> None:
         super().check_classes(num_classes)
-        if self.loss == "ce":
-            return
-        targeted = self.loss == "dlr_targeted" or self.target is not None
-        needed = 4 if targeted else 3
-        if num_classes < needed:
-            form = "DLR-T (eq. 8) uses the 3rd and 4th largest logits" if targeted else "DLR (eq. 7) uses the 3rd largest logit"
-            raise InvalidValue("loss", f"{form} and needs >= {needed} classes, not {num_classes}; use loss ce")
+        if self.loss == "dlr_targeted" and num_classes < 4:
+            raise InvalidValue("loss", f"DLR-T (eq. 8) uses the 3rd and 4th largest logits and needs >= 4 classes, "
+                                       f"not {num_classes}; use loss ce")
 
     def perturb(self, model: nn.Module, x: torch.Tensor, goal: Goal, bounds: Bounds) -> tuple[torch.Tensor, torch.Tensor]:
         worst = WorstCase(x)
@@ -132,15 +115,16 @@ class APGD(BoundedAttack):
         return list(ranking[:, :k].T)
 
     def _objective(self, logits: torch.Tensor, goal: Goal, targets: torch.Tensor | None) -> torch.Tensor:
-        """Per-sample loss to maximise."""
-        if self.loss == "ce":
-            return goal.loss(logits)
-        if goal.targeted:
-            runner_up = logits.detach().scatter(1, goal.labels[:, None], -torch.inf).argmax(dim=1)
-            return dlr_targeted_loss(logits, runner_up, goal.labels)
+        """Per-sample loss to maximise: DLR-T towards ``targets`` (APGD-T's runs), else ``loss``
+        towards the goal (:meth:`Attack.objective`; ``dlr_targeted`` on a goal without targets is DLR)."""
         if targets is not None:
             return dlr_targeted_loss(logits, goal.labels, targets)
-        return dlr_loss(logits, goal.labels)
+        return self.objective(goal, logits)
+
+    def objective(self, goal: Goal, logits: torch.Tensor) -> torch.Tensor:
+        if self.loss == "dlr_targeted":
+            return dlr_targeted_loss(logits, goal.source, goal.labels) if goal.targeted else dlr_loss(logits, goal.labels)
+        return super().objective(goal, logits)
 
     def _into_set(self, x: torch.Tensor, point: torch.Tensor, bounds: Bounds) -> torch.Tensor:
         return (x + project(point - x, self.eps, self.norm)).clamp(*bounds)
@@ -157,11 +141,12 @@ class APGD(BoundedAttack):
         path = _Trajectory.start(x, goal, targets, x_0, step=2 * self.eps)
         schedule, last_check = set(checkpoints(self.n_iter)), 0
         for k in range(self.n_iter + 1):
-            x_k = path.x_k.detach().requires_grad_(k < self.n_iter)
-            logits = model(x_k)
-            f = self._objective(logits, path.goal, path.targets)
-            grad = torch.autograd.grad(f.sum(), x_k)[0] if k < self.n_iter else None
-            path.x_k, f, logits = x_k.detach(), f.detach(), logits.detach()
+            if k < self.n_iter:
+                grad, f, logits = self.gradient(model, path.x_k, lambda z: self._objective(z, path.goal, path.targets))
+            else:
+                with torch.no_grad():
+                    logits = model(path.x_k)
+                    f, grad = self._objective(logits, path.goal, path.targets), None
             reached = path.goal.reached(logits)
             result.update(path.rows, path.x_k, f, reached, logits)
             if k == self.n_iter:

@@ -27,14 +27,16 @@ import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from advrun.attacks import objectives
 from advrun.attacks.norms import lp_norm, norm_field, norm_name
-from advrun.errors import AttackCheckError, InvalidValue, Number, shown
+from advrun.attacks.objectives import largest_other_logit
+from advrun.errors import AttackCheckError, Choice, InvalidValue, Number, require_int, shown
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,19 +63,23 @@ class AttackResult:
     norms: torch.Tensor
     predictions: torch.Tensor
     targets: torch.Tensor | None = None
-
-
-def largest_other_logit(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per sample, ``max_{i != label} z_i``."""
-    return logits.scatter(1, labels[:, None], -torch.inf).amax(dim=1)
+    #: An ensemble's: per sample, the index of the member that first reached the goal (-1: none).
+    fooled_by: torch.Tensor | None = None
 
 
 @dataclass
 class Goal:
-    """What an attack tries to reach on a batch: leave ``labels`` (untargeted) or reach them (targeted)."""
+    """What an attack tries to reach on a batch: leave ``labels`` (untargeted) or reach them
+    (targeted). ``source`` holds the true labels (of a targeted goal: the labels the targets
+    were chosen against; None: ``labels``), which targeted losses such as DLR-T need."""
 
     labels: torch.Tensor
     targeted: bool = False
+    source: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.source is None:
+            self.source = self.labels
 
     def reached(self, logits: torch.Tensor) -> torch.Tensor:
         """Per-sample bool: the decision on these logits reaches the goal."""
@@ -93,7 +99,7 @@ class Goal:
         return own - other if self.targeted else other - own
 
     def subset(self, index: torch.Tensor) -> "Goal":
-        return Goal(self.labels[index], self.targeted)
+        return Goal(self.labels[index], self.targeted, self.source[index])
 
 
 @contextlib.contextmanager
@@ -152,10 +158,18 @@ class Attack:
     audit_rules: ClassVar[Mapping[str, str]] = {}
     #: Whether ``eps`` may be null or infinite (an attack that ignores it); null becomes inf.
     budget_optional: ClassVar[bool] = False
+    #: Whether the attack follows the model's input gradients (:meth:`gradient`), so that
+    #: expectation over transformation (``eot_samples``) applies to it.
+    gradient_based: ClassVar[bool] = False
+    #: The values of the attack's ``loss`` field (:mod:`advrun.attacks.objectives`; empty: no such field).
+    losses: ClassVar[tuple[str, ...]] = ()
 
     eps: float = 0.1
     norm: float | str = "inf"
     target: int | str | None = None
+    #: Expectation over transformation (Athalye et al. 2018): every gradient is the mean over
+    #: this many forward and backward passes, for models that are random at test time.
+    eot_samples: int = 1
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -181,6 +195,12 @@ class Attack:
             if self.target not in TARGET_MODES and not Number(0, integer=True).holds(self.target):
                 raise InvalidValue("target", f"must be null, a class index, 'random' or 'least_likely', "
                                              f"got {shown(self.target)}")
+        require_int("eot_samples", self.eot_samples, minimum=1)
+        if self.eot_samples > 1 and not self.gradient_based:
+            raise InvalidValue("eot_samples", f"{self.name} takes no gradients; expectation over transformation "
+                                              "applies to gradient attacks (keep eot_samples 1)")
+        if self.losses:
+            Choice(self.losses, "unknown loss").check("loss", self.loss)
 
     @property
     def label(self) -> str:
@@ -190,6 +210,44 @@ class Attack:
     def with_eps(self, eps: float) -> "Attack":
         """A copy of this attack with another budget (a minimum-norm attack is returned as is)."""
         return dataclasses.replace(self, eps=eps)
+
+    def with_training_loss(self, name: str) -> "Attack":
+        """This attack with ``loss: train`` resolved to the objective of the run's training loss
+        ``name`` (``train.loss``, :data:`~advrun.attacks.objectives.TRAINING`); else itself."""
+        if getattr(self, "loss", None) != "train":
+            return self
+        return dataclasses.replace(self, loss=objectives.TRAINING[name])
+
+    def objective(self, goal: "Goal", logits: torch.Tensor) -> torch.Tensor:
+        """Per-sample value of the attack's ``loss`` towards ``goal`` (cross-entropy without one)."""
+        return objectives.objective(getattr(self, "loss", "ce"), goal, logits)
+
+    def gradient(
+        self, model: nn.Module, x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(grad, value, logits)``: the gradient with respect to ``x`` alone of ``objective(model(x))``,
+        that value and the logits, each the mean over ``eot_samples`` forward and backward passes
+        (expectation over transformation; one pass by default).
+
+        ``objective`` maps the logits to one value per sample (shape ``[n]``: ``grad`` has the shape
+        of ``x``) or to ``m`` values per sample (``[n, m]``: ``grad`` is ``[n, m, *x.shape[1:]]``,
+        the Jacobian rows). Parameter gradients are neither computed into ``.grad`` nor accumulated.
+        """
+        grad = value = logits = None
+        for _ in range(self.eot_samples):
+            point = x.detach().requires_grad_(True)
+            out = model(point)
+            v = objective(out)
+            if v.dim() == 1:
+                (g,) = torch.autograd.grad(v.sum(), point)
+            else:
+                g = torch.stack([torch.autograd.grad(v[:, j].sum(), point, retain_graph=j < v.shape[1] - 1)[0]
+                                 for j in range(v.shape[1])], dim=1)
+            grad = g if grad is None else grad + g
+            value = v.detach() if value is None else value + v.detach()
+            logits = out.detach() if logits is None else logits + out.detach()
+        k = self.eot_samples
+        return (grad, value, logits) if k == 1 else (grad / k, value / k, logits / k)
 
     # --- what the kind of attack says; the kinds below implement or override these ----------
 
@@ -242,6 +300,8 @@ class Attack:
         """Raise :class:`InvalidValue` if the attack cannot work with ``num_classes`` classes."""
         if isinstance(self.target, int) and not isinstance(self.target, bool) and self.target >= num_classes:
             raise InvalidValue("target", f"class {self.target} does not exist ({num_classes} classes)")
+        if self.losses:
+            objectives.check_classes(self.loss, num_classes, targeted=self.target is not None)
 
     def check_model(self, model: nn.Module, in_shape: tuple[int, ...]) -> None:
         """Raise :class:`InvalidValue` if the attack cannot attack this model or input shape
@@ -271,7 +331,7 @@ class Attack:
         if self.target is None:
             return Goal(y)
         with torch.no_grad():
-            return Goal(choose_targets(self.target, model(x), y), targeted=True)
+            return Goal(choose_targets(self.target, model(x), y), targeted=True, source=y)
 
     def run(self, model: nn.Module, x: torch.Tensor, goal: Goal, bounds: Bounds) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`perturb` plus the contract: the output checked (finite, in bounds, within the

@@ -60,6 +60,7 @@ class CW(MinimumNormAttack):
 
     name = "cw"
     norms = (2.0,)
+    gradient_based = True
 
     norm: float | str = 2.0
     kappa: float = 0.0
@@ -98,11 +99,14 @@ class CW(MinimumNormAttack):
             previous = math.inf
             for step in range(self.steps):
                 x_adv = from_tanh_space(w, bounds)
-                logits = model(x_adv)
                 dist = (x_adv - xa).flatten(1).pow(2).sum(dim=1)
-                margin = goal_a.margin(logits)
-                loss = dist + search.const * (-margin).clamp_min(-self.kappa)
+                # f(x') of eq. 6 (margin form), its mean over eot_samples passes (one by default).
+                outputs = [model(x_adv) for _ in range(self.eot_samples)]
+                penalty = torch.stack([(-goal_a.margin(z)).clamp_min(-self.kappa) for z in outputs]).mean(dim=0)
+                loss = dist + search.const * penalty
                 (w.grad,) = torch.autograd.grad(loss.sum(), w)
+                logits = torch.stack(outputs).mean(dim=0).detach()
+                margin = goal_a.margin(logits)
                 with torch.no_grad():
                     ok = goal_a.reached(logits) & (margin >= self.kappa)
                     better = ok & (dist < best_dist)

@@ -42,6 +42,7 @@ class DeepFool(MinimumNormAttack):
     """
 
     name = "deepfool"
+    gradient_based = True
     norms = (math.inf, 2.0)
     targetable = False
 
@@ -72,26 +73,19 @@ class DeepFool(MinimumNormAttack):
         active = torch.arange(len(x), device=x.device)
         dual = dual_norm(self.norm)
         for step in range(self.steps + 1):
-            point = (x[active] + (1 + self.overshoot) * delta[active]).clamp(lo, hi).requires_grad_(True)
-            logits = model(point)
-            labels = y[active]
-            fooled = logits.detach().argmax(dim=1) != labels
-            x_adv[active[fooled]] = point.detach()[fooled]
+            point = (x[active] + (1 + self.overshoot) * delta[active]).clamp(lo, hi)
+            labels, candidates = y[active], classes[active]
+            # f_k - f_y for the candidate classes and their gradients (the Jacobian rows).
+            w, f, logits = self.gradient(
+                model, point, lambda z, c=candidates, t=labels: z.gather(1, c) - z.gather(1, t[:, None]))
+            fooled = logits.argmax(dim=1) != labels
+            x_adv[active[fooled]] = point[fooled]
             done[active[fooled]] = True
             if step == self.steps or fooled.all():
                 break
-            # Jacobian rows of f_k - f_y for the candidate classes, one backward pass per class.
-            label_logit = logits.gather(1, labels[:, None])
-            diffs, grads = [], []
-            for j in range(k):
-                diff = logits.gather(1, classes[active, j : j + 1]) - label_logit
-                (grad,) = torch.autograd.grad(diff.sum(), point, retain_graph=j < k - 1)
-                diffs.append(diff.detach().squeeze(1))
-                grads.append(grad)
             keep = ~fooled
-            active, point = active[keep], point.detach()[keep]
-            f = torch.stack(diffs, dim=1)[keep]  # (m, k), negative while the label wins
-            w = torch.stack(grads, dim=1)[keep]  # (m, k, *shape)
+            active, point = active[keep], point[keep]
+            f, w = f[keep], w[keep]  # (m, k): negative while the label wins; (m, k, *shape)
             # Coordinates pinned on a bound that the step would push further out cannot move.
             at_hi, at_lo = (point >= hi).unsqueeze(1), (point <= lo).unsqueeze(1)
             w = w.masked_fill((at_hi & (w > 0)) | (at_lo & (w < 0)), 0.0)

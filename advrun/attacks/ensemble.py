@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from advrun.attacks.apgd import APGD
-from advrun.attacks.base import Attack, BoundedAttack, Bounds, Goal, WorstCase, eval_mode
+from advrun.attacks.base import Attack, AttackResult, BoundedAttack, Bounds, Goal, WorstCase
 from advrun.attacks.norms import norm_name
 from advrun.attacks.square import Square
 from advrun.errors import InvalidValue, keyed
@@ -58,6 +58,7 @@ class Ensemble(BoundedAttack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self._fooled_by: torch.Tensor | None = None  # set by perturb for __call__
         members = standard_attacks(self.eps, self.norm) if self.attacks is None else list(self.attacks)
         if not members:
             raise InvalidValue("attacks", "needs at least one attack (or null for the standard set)")
@@ -82,6 +83,10 @@ class Ensemble(BoundedAttack):
         """A copy at budget ``eps``, every member included."""
         return dataclasses.replace(self, eps=eps, attacks=[member.with_eps(eps) for member in self.attacks])
 
+    def with_training_loss(self, name: str) -> "Ensemble":
+        """A copy whose members' ``loss: train`` names the run's training loss ``name``."""
+        return dataclasses.replace(self, attacks=[member.with_training_loss(name) for member in self.attacks])
+
     def _each_member(self, check, *args) -> None:
         for i, member in enumerate(self.attacks):
             with keyed(f"attacks.{i}", error=InvalidValue):
@@ -103,7 +108,19 @@ class Ensemble(BoundedAttack):
         return {f"{i}-{name}": image for i, member in enumerate(self.attacks) for name, image in member.artifacts().items()}
 
     def perturb(self, model: nn.Module, x: torch.Tensor, goal: Goal, bounds: Bounds) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._cascade(model, x, goal, bounds)[0].result()
+        worst, self._fooled_by = self._cascade(model, x, goal, bounds)
+        return worst.result()
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, bounds: Bounds = (0.0, 1.0)) -> AttackResult:
+        """:meth:`Attack.__call__`, with ``fooled_by``: per sample the index in ``attacks`` of the
+        member that first reached the goal (-1: none did; at ``eps = 0`` none runs)."""
+        self._fooled_by = None
+        result = super().__call__(model, x, y, bounds=bounds)
+        fooled_by, self._fooled_by = self._fooled_by, None
+        if fooled_by is None:
+            fooled_by = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
+        result.fooled_by = fooled_by
+        return result
 
     def _cascade(self, model: nn.Module, x: torch.Tensor, goal: Goal, bounds: Bounds) -> tuple[WorstCase, torch.Tensor]:
         """The worst case per sample and the index of the member that fooled it (-1: none)."""
@@ -123,8 +140,4 @@ class Ensemble(BoundedAttack):
     def fooled_by(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, bounds: Bounds = (0.0, 1.0)) -> torch.Tensor:
         """Run the ensemble on ``(x, y)`` and return, per sample, the index in ``attacks`` of the
         member that first reached the goal (-1: none did; at ``eps = 0`` none runs)."""
-        x, y = x.detach(), y.detach()
-        if self.eps == 0 or len(x) == 0:
-            return torch.full((len(x),), -1, dtype=torch.long, device=x.device)
-        with eval_mode(model):
-            return self._cascade(model, x, self.goal_for(model, x, y), bounds)[1]
+        return self(model, x, y, bounds=bounds).fooled_by

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from advrun.attacks.base import BoundedAttack, Bounds, Goal, input_gradient
+from advrun.attacks.base import BoundedAttack, Bounds, Goal
+from advrun.attacks.objectives import OBJECTIVES
 from advrun.attacks.norms import project, steepest_direction
 from advrun.errors import Switch
 
@@ -36,21 +37,24 @@ class FGM(BoundedAttack):
     ``normalize: true``: ``clip(x + eps * g / ||g||_2)``; ``normalize: false``:
     ``clip(x + P_eps(eps * g))`` with ``P_eps`` the projection onto the L2 ball of radius
     ``eps`` (the fast gradient value method, bounded; see the module docstring), where
-    ``g = grad_x goal.loss``.
+    ``g`` the gradient of ``loss`` (:mod:`advrun.attacks.objectives`).
     """
 
     name = "fgm"
     norms = (2.0,)
+    gradient_based = True
+    losses = OBJECTIVES
 
     norm: float | str = 2.0
     normalize: bool = True
+    loss: str = "ce"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         Switch().check("normalize", self.normalize)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, goal: Goal, bounds: Bounds) -> torch.Tensor:
-        grad, _ = input_gradient(lambda z: goal.loss(model(z)), x)
+        grad, _, _ = self.gradient(model, x, lambda logits: self.objective(goal, logits))
         if self.normalize:
             step = self.eps * steepest_direction(grad, 2.0)
         else:

@@ -46,6 +46,7 @@ class LBFGS(MinimumNormAttack):
 
     name = "lbfgs"
     norms = (2.0,)
+    gradient_based = True
 
     norm: float | str = 2.0
     initial_const: float = 1e-2
@@ -72,10 +73,11 @@ class LBFGS(MinimumNormAttack):
         def objective(flat: np.ndarray) -> tuple[float, np.ndarray]:
             """The summed objective and its gradient; every evaluated point is a candidate."""
             x_adv = torch.from_numpy(flat).to(xa).view_as(xa).clamp(*bounds).requires_grad_(True)
-            logits = model(x_adv)
             dist = (x_adv - xa).flatten(1).pow(2).sum(dim=1)
-            loss = dist + search.const * goal_cross_entropy(logits, goal_a)
+            outputs = [model(x_adv) for _ in range(self.eot_samples)]  # one pass unless eot_samples > 1
+            loss = dist + search.const * torch.stack([goal_cross_entropy(z, goal_a) for z in outputs]).mean(dim=0)
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+            logits = torch.stack(outputs).mean(dim=0).detach()
             with torch.no_grad():
                 ok = goal_a.reached(logits)
                 better = ok & (dist < best_dist)

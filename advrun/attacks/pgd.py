@@ -11,6 +11,7 @@ from torch import nn
 
 from advrun.attacks.base import BoundedAttack, Bounds, Goal, WorstCase
 from advrun.attacks.norms import project, random_in_ball, sparse_l1_direction, steepest_direction
+from advrun.attacks.objectives import OBJECTIVES
 from advrun.errors import Number, Switch, check_fields, require_int, require_positive
 
 
@@ -24,7 +25,8 @@ class PGD(BoundedAttack):
 
     With ``keep_best`` (default) the worst case per sample over all restarts and iterates is
     kept: the first iterate that reaches the goal (misclassified, or classified as the
-    target), else the one with the highest loss; a sample that reaches the goal is not
+    target), else the one with the highest ``loss`` (the objective the steps ascend,
+    :mod:`advrun.attacks.objectives`; cross-entropy by default); a sample that reaches the goal is not
     attacked further.  ``keep_best=false`` returns the last iterate, as Madry et
     al.'s code does (with several restarts: the last iterate of the first restart that
     reached the goal, else of the restart with the highest final loss).
@@ -35,6 +37,8 @@ class PGD(BoundedAttack):
     """
 
     name = "pgd"
+    gradient_based = True
+    losses = OBJECTIVES
 
     steps: int = 40
     step_size: float | None = None
@@ -43,6 +47,7 @@ class PGD(BoundedAttack):
     restarts: int = 1
     keep_best: bool = True
     l1_sparsity: float = 0.95
+    loss: str = "ce"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -93,11 +98,7 @@ class PGD(BoundedAttack):
             x_adv = (x0 + start).clamp(lo, hi)
             state = self._initial_state(x0)
             for _ in range(self.iterations):
-                x_adv.requires_grad_(True)
-                logits = model(x_adv)
-                losses = goal_t.loss(logits)
-                (grad,) = torch.autograd.grad(losses.sum(), x_adv)
-                x_adv, logits, losses = x_adv.detach(), logits.detach(), losses.detach()
+                grad, losses, logits = self.gradient(model, x_adv, lambda z: self.objective(goal_t, z))
                 if self.keep_best:
                     reached = goal_t.reached(logits)
                     worst.update(index, x_adv, losses, reached, logits)
@@ -113,5 +114,5 @@ class PGD(BoundedAttack):
             if len(index):
                 with torch.no_grad():
                     logits = model(x_adv)
-                worst.update(index, x_adv, goal_t.loss(logits), goal_t.reached(logits), logits)
+                worst.update(index, x_adv, self.objective(goal_t, logits), goal_t.reached(logits), logits)
         return worst.result()
