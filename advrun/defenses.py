@@ -12,6 +12,7 @@ Two optional hooks, both no-ops in :class:`Standard`:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from torch import nn
 from advrun.attacks.base import Attack, Bounds, check_adversarial, eval_mode, input_gradient
 from advrun.attacks.norms import dual_norm, norm_field, project, steepest_direction
 from advrun.attacks.pgd import PGD
-from advrun.errors import InvalidValue, Number, require_int, require_non_negative, require_positive
+from advrun.errors import InvalidValue, Number, Switch, require_int, require_non_negative, require_positive
 from advrun.losses import get_loss
 from advrun.structure import affine_parameters, check_affine, has_batch_norm, logit_jacobian, one_hidden_layer
 from advrun.training import predict
@@ -76,15 +77,29 @@ class Adversarial(Standard):
     evaluation attacks, and its many forward passes do not move those statistics; dropout is
     off while crafting. The loss on the crafted inputs is computed in the caller's mode (train
     mode in the training loop).
+
+    The inner maximisation is Madry et al.'s: an iterative attack runs all its steps and the
+    model trains on its last iterate (the attack's ``keep_best`` is set to ``early_stop``), and an
+    attack whose ``loss`` is ``train`` ascends the training loss ``L`` itself. ``early_stop: true``
+    is friendly adversarial training instead (Zhang et al. 2020, "Attacks which do not kill
+    training make adversarial learning stronger", FAT with ``tau = 0``): each sample's attack
+    stops at its first misclassified iterate.
     """
 
     attack: Attack | None = None
     alpha: float = 0.0
+    early_stop: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.attack, Attack):
             raise InvalidValue("attack", f"needs an attack config with a _target_, got {self.attack!r}")
         Number(0, 1).check("alpha", self.alpha)
+        Switch().check("early_stop", self.early_stop)
+        if hasattr(self.attack, "keep_best"):
+            self.attack = dataclasses.replace(self.attack, keep_best=self.early_stop)
+        elif self.early_stop:
+            raise InvalidValue("early_stop", f"needs an iterative training attack (pgd, bim, mifgsm), not {self.attack.name}")
+        self.attack = self.attack.with_training_loss(self.criterion)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x_adv = self.attack(model, x, y, bounds=self.bounds).x_adv
@@ -175,6 +190,7 @@ class FastAT(Adversarial):
 
     attack: Attack | None = field(default=None, init=False, repr=False, compare=False)
     alpha: float = field(default=0.0, init=False, repr=False)
+    early_stop: bool = field(default=False, init=False, repr=False)
     eps: float = 0.1
     step_scale: float = 1.25
     step_size: float | None = None
@@ -193,7 +209,7 @@ class FastAT(Adversarial):
         if self.on_overfit not in ("warn", "stop"):
             raise InvalidValue("on_overfit", f"must be 'warn' or 'stop', got {self.on_overfit!r}")
         self.attack = PGD(eps=self.eps, norm="inf", steps=1, step_size=self.step_size, step_scale=self.step_scale,
-                          random_start=True, keep_best=False)
+                          random_start=True, loss="train")
         self.check_attack = PGD(eps=self.eps, norm="inf", steps=self.check_steps)
         super().__post_init__()
 
