@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from advrun.attacks.base import BoundedAttack, Bounds, Goal, WorstCase
-from advrun.attacks.norms import project, random_in_ball, sparse_l1_direction, steepest_direction
+from advrun.attacks.norms import project, random_start, sparse_l1_direction, steepest_direction
 from advrun.attacks.objectives import OBJECTIVES
 from advrun.errors import Number, Switch, check_fields, require_int, require_positive
 
@@ -21,7 +21,9 @@ class PGD(BoundedAttack):
 
     The step is ``step_size`` when given, else ``step_scale * eps / steps`` (2.5 eps/steps by
     default, Madry et al.'s choice), so that every budget of a curve is attacked equally
-    hard.  With ``random_start`` each restart begins at a uniform point of the ball.
+    hard.  With ``random_start`` each restart begins at a random point of the ball, drawn as
+    the field's PGD code draws it (:func:`~advrun.attacks.norms.random_start`: Linf uniform
+    in the cube; L2 and L1 a uniform direction at a radius uniform in ``[0, eps]``).
 
     With ``keep_best`` (default) the worst case per sample over all restarts and iterates is
     kept: the first iterate that reaches the goal (misclassified, or classified as the
@@ -94,7 +96,7 @@ class PGD(BoundedAttack):
             if len(index) == 0:
                 break
             x0, goal_t = x[index], goal.subset(index)
-            start = random_in_ball(x0, self.eps, self.norm) if self.random_start else torch.zeros_like(x0)
+            start = random_start(x0, self.eps, self.norm) if self.random_start else torch.zeros_like(x0)
             x_adv = (x0 + start).clamp(lo, hi)
             state = self._initial_state(x0)
             for _ in range(self.iterations):
