@@ -366,3 +366,40 @@ def test_linear_robust_raises_exact_robust_accuracy_of_logreg(make_cfg, tmp_path
     standard = experiment.run(make_cfg(*common), tmp_path / "standard")
     robust = experiment.run(make_cfg(*common, "defense=linear_robust", "defense.eps=0.1"), tmp_path / "robust")
     assert robust["robust_accuracy"] > standard["robust_accuracy"] + 0.08
+
+
+def test_adversarial_training_is_madrys_inner_maximisation(make_cfg, tmp_path):
+    """defense=adversarial: PGD runs all its steps and trains on its last iterate, ascending the
+    run's training loss; the same attack written out by hand gives the same training inputs."""
+    from advrun.attacks import PGD
+    from advrun.defenses import Adversarial
+
+    plan = experiment.plan(make_cfg(*TINY, "defense=adversarial", "train.loss=mse", "attack=pgd", "attack.loss=train"), tmp_path)
+    inner = plan.defense.attack
+    assert isinstance(inner, PGD) and inner.keep_best is False and inner.loss == "mse"
+    assert plan.attack.loss == "mse"  # the evaluation attack's loss=train names the same loss
+    model, x, y = plan.model, plan.data.x_test[:50], plan.data.y_test[:50]
+    torch.manual_seed(3)
+    by_defense = inner(model, x, y, bounds=plan.data.bounds).x_adv
+    torch.manual_seed(3)
+    by_hand = PGD(eps=inner.eps, norm=inner.norm, steps=inner.steps, step_scale=inner.step_scale,
+                  keep_best=False, loss="mse")(model, x, y, bounds=plan.data.bounds).x_adv
+    torch.testing.assert_close(by_defense, by_hand, rtol=0, atol=0)
+    assert isinstance(plan.defense, Adversarial) and plan.defense.early_stop is False
+
+
+def test_early_stopped_adversarial_training_is_a_named_option(make_cfg, tmp_path):
+    plan = experiment.plan(make_cfg(*TINY, "defense=adversarial", "defense.early_stop=true"), tmp_path)
+    assert plan.defense.attack.keep_best is True  # each sample stops at its first misclassified iterate
+    goodfellow = experiment.plan(make_cfg(*TINY, "defense=goodfellow"), tmp_path / "goodfellow").defense.attack
+    assert goodfellow.keep_best is False and goodfellow.loss == "ce" and goodfellow.steps == 1
+    from advrun.attacks import FGSM
+    from advrun.defenses import Adversarial
+
+    with pytest.raises(InvalidValue, match="early_stop: needs an iterative training attack"):
+        Adversarial(attack=FGSM(eps=0.1), early_stop=True)
+
+
+def test_fast_at_ascends_the_training_loss():
+    assert FastAT(eps=0.1, criterion="mse").attack.loss == "mse"
+    assert FastAT(eps=0.1).attack.loss == "ce" and FastAT(eps=0.1).attack.keep_best is False
