@@ -440,8 +440,9 @@ class Audit:
         if not difference <= DETERMINISM_TOLERANCE or flips:
             return Check(name, WARN, f"the model is randomised: {measured}",
                          "randomness at test time (dropout left on, input noise) misleads attacks that take one "
-                         "gradient: average gradients over several passes (EOT, Athalye et al. 2018) and report "
-                         "accuracy over several passes")
+                         "gradient: average gradients over several passes (expectation over transformation, "
+                         "Athalye et al. 2018: attack.eot_samples=20, or attack=ensemble attack.version=rand) "
+                         "and report accuracy over several passes")
         return Check(name, PASS, measured)
 
     def logits(self) -> Check:
