@@ -14,7 +14,7 @@ from torch import nn
 from advrun.attacks import CW, LBFGS, PGD, DeepFool, LinearExact, MinimumNormAttack
 from advrun.errors import InvalidValue
 
-DUAL = {math.inf: 1, 2.0: 2}
+DUAL = {math.inf: 1, 2.0: 2, 1.0: math.inf}
 
 #: Relative slack between an attack's norm and a float64 closed form: the attack works in float32
 #: (relative precision 1.2e-7) on a model whose logits are float32 sums over 64 pixels, and its
@@ -190,7 +190,7 @@ def test_deepfool_returns_the_input_where_it_fails(trained):
 # -------------------------------------------------------------------------------- LinearExact
 
 
-@pytest.mark.parametrize("norm", [2.0, math.inf])
+@pytest.mark.parametrize("norm", [2.0, math.inf])  # L1 moves one pixel by more than 0.3: the box binds
 def test_linear_exact_is_the_distance_to_the_nearest_boundary(trained, norm):
     model, x, _ = trained("logreg")
     x = interior(x)
@@ -226,6 +226,10 @@ def _scipy_minimal_norm(g, m, x, p):
     """Smallest ||delta||_p with g . delta >= m and 0 <= x + delta <= 1, by scipy (LP or SLSQP)."""
     d = len(g)
     box = list(zip(-x, 1 - x))
+    if p == 1.0:  # delta = u - v, u, v >= 0: min sum(u + v), -g.(u - v) <= -m, u <= 1 - x, v <= x
+        lp = scipy.optimize.linprog(np.ones(2 * d), A_ub=np.r_[-g, g][None], b_ub=[-m],
+                                    bounds=list(zip(np.zeros(d), 1 - x)) + list(zip(np.zeros(d), x)), method="highs")
+        return lp.fun if lp.status == 0 else math.inf
     if p == math.inf:  # variables (delta, t): min t, -g.delta <= -m, |delta_i| <= t
         c = np.r_[np.zeros(d), 1.0]
         a = np.vstack([np.r_[-g, 0.0], np.c_[np.eye(d), -np.ones(d)], np.c_[-np.eye(d), -np.ones(d)]])
@@ -243,7 +247,7 @@ def _scipy_minimal_norm(g, m, x, p):
     return math.sqrt(qp.fun) if qp.success and g @ qp.x >= m - 1e-7 else math.inf
 
 
-@pytest.mark.parametrize("norm", [2.0, math.inf])
+@pytest.mark.parametrize("norm", [2.0, math.inf, 1.0])
 def test_linear_exact_respects_the_bounds_exactly(trained, norm):
     """Real digits (many pixels at 0 or 1): the box binds; compare with scipy's solvers."""
     model, x, y = trained("logreg")
@@ -302,6 +306,50 @@ def test_linear_exact_is_a_lower_bound_for_every_other_attack(trained):
         fooled = correct & other.success
         assert fooled.float().mean() > 0.9
         assert (other.norms[fooled] >= exact.norms[fooled] * (1 - FLOAT32_NORM)).all(), attack.label
+
+
+def test_linear_exact_l1_is_the_lp_optimum_on_random_problems():
+    """Random affine models (12 inputs, 3 classes) and points in [0, 1]: the L1 minimum over the
+    classes j != y, each an LP solved by HiGHS, equals LinearExact's norm; the gains are scaled
+    up so that the box binds (the optimum moves several coordinates, some by their whole room)."""
+    from tests.conftest import linear_model
+
+    bound = 0
+    for seed in range(20):
+        model, w, b = linear_model(d=12, k=3, seed=seed, gain=0.5 + seed / 4)
+        x = torch.rand(8, 12)
+        with torch.no_grad():
+            y = model(x).argmax(dim=1)
+        result = LinearExact(norm=1, overshoot=1e-9)(model, x, y)
+        z = x.double() @ w.double().T + b.double()
+        for i in range(len(x)):
+            xi = x[i].double().numpy()
+            best = min(_scipy_minimal_norm((w[j] - w[y[i]]).double().numpy(), (z[i, y[i]] - z[i, j]).item(), xi, 1.0)
+                       for j in range(3) if j != y[i])
+            if math.isinf(best):
+                assert not result.success[i]
+                continue
+            assert result.success[i]
+            delta = (result.x_adv[i] - x[i]).abs()
+            bound += int(((delta > 0) & ((result.x_adv[i] == 0) | (result.x_adv[i] == 1))).any())
+            # float32 norms (FLOAT32_NORM), the crossing margin 1e-9 (1 + max |z|) over slopes >= 1e-2,
+            # HiGHS's feasibility tolerance (1e-7): rel 1e-5 is loose against all of them
+            assert result.norms[i].item() == pytest.approx(best, rel=1e-5, abs=1e-6)
+    assert bound > 20  # the box did bind (measured: see docs/verification.md)
+
+
+def test_linear_exact_l1_half_space_is_the_greedy_knapsack():
+    """One half-space by hand: |g| = (3, 2, 1), rooms (0.1, 0.5, 1): the largest slope moves by its
+    whole room (0.3 bought), the next by what is missing (m = 0.5: 0.1 at slope 2), the last not at all."""
+    from advrun.attacks.linear_exact import halfspace_minimum
+
+    g = torch.tensor([[-3.0, 2.0, 1.0]], dtype=torch.float64)
+    room_up = torch.tensor([[0.0, 0.5, 1.0]], dtype=torch.float64)
+    room_down = torch.tensor([[0.1, 0.0, 0.0]], dtype=torch.float64)
+    delta = halfspace_minimum(g, torch.tensor([0.5], dtype=torch.float64), room_up, room_down, 1.0)
+    torch.testing.assert_close(delta, torch.tensor([[-0.1, 0.1, 0.0]], dtype=torch.float64))
+    unreachable = halfspace_minimum(g, torch.tensor([10.0], dtype=torch.float64), room_up, room_down, 1.0)
+    assert torch.isinf(unreachable).all()
 
 
 def test_linear_exact_leaves_samples_the_box_cannot_misclassify():
@@ -429,7 +477,7 @@ def test_lbfgs_is_close_to_the_exact_minimum_on_two_classes(trained):
     (CW, {"initial_const": -1.0}, "initial_const"), (CW, {"norm": "inf"}, "norm"), (CW, {"steps": 1.5}, "steps"),
     (LBFGS, {"binary_steps": 0}, "binary_steps"), (LBFGS, {"initial_const": 0.0}, "initial_const"),
     (LBFGS, {"norm": "inf"}, "norm"),
-    (LinearExact, {"norm": 1}, "norm"), (LinearExact, {"target": "random"}, "target"),
+    (LinearExact, {"norm": 0}, "norm"), (LinearExact, {"target": "random"}, "target"),
     (LinearExact, {"overshoot": 0.0}, "overshoot"),
 ])
 def test_invalid_settings_name_the_field(cls, kwargs, field):

@@ -21,6 +21,7 @@ TINY_ATTACK = {
     "deepfool": ["attack.steps=10"],
     "cw": ["attack.steps=10", "attack.binary_steps=3"],
     "lbfgs": ["attack.steps=10", "attack.binary_steps=3"],
+    "fmn": ["attack.steps=10"],
     "linear_exact": ["model=logreg"],  # an exact attack on affine models only
     "apgd": ["attack.n_iter=5"],
     "square": ["attack.n_queries=20"],

@@ -15,6 +15,7 @@ from advrun.attacks.norms import dual_norm, lp_norm, parse_norm, project, random
 
 @pytest.mark.parametrize("spelling, value", [
     ("inf", math.inf), ("Linf", math.inf), (math.inf, math.inf), (2, 2.0), ("l2", 2.0), ("2", 2.0), (1, 1.0), ("L1", 1.0),
+    (0, 0.0), ("L0", 0.0), ("0", 0.0),
 ])
 def test_parse_norm_spellings(spelling, value):
     assert parse_norm(spelling) == value
@@ -24,6 +25,21 @@ def test_parse_norm_spellings(spelling, value):
 def test_parse_norm_rejects_unknown(bad):
     with pytest.raises(ValueError, match="unknown norm"):
         parse_norm(bad)
+
+
+def test_l0_is_the_count_of_changed_coordinates_and_other_attacks_refuse_it():
+    """L0 parses and names itself, its norm counts non-zero coordinates, and the attacks that do
+    not list it (all but FMN) refuse it with an InvalidValue naming the field."""
+    from advrun.attacks import PGD
+    from advrun.attacks.norms import norm_name
+    from advrun.errors import InvalidValue
+
+    assert norm_name(parse_norm("l0")) == "l0"
+    delta = torch.tensor([[0.0, -0.5, 1e-9, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    assert lp_norm(delta, 0.0).tolist() == [2.0, 0.0]
+    with pytest.raises(InvalidValue, match="not l0") as info:
+        PGD(norm=0)
+    assert info.value.field == "norm"
 
 
 def test_linf_projection_is_coordinate_clipping():

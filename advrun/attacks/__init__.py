@@ -25,6 +25,7 @@ _LAZY = {
     "BIM": "bim",
     "MIFGSM": "mifgsm",
     "DeepFool": "deepfool",
+    "FMN": "fmn",
     "CW": "cw",
     "LBFGS": "lbfgs",
     "LinearExact": "linear_exact",

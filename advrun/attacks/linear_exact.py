@@ -11,11 +11,15 @@ With the box ``lo <= x + delta <= hi`` each half-space problem stays separable:
   coordinate by coordinate);
 * L2: the KKT conditions of ``min ||delta||_2 s.t. g . delta >= m`` in the box give
   ``delta_i = clip(t g_i, lo - x_i, hi - x_i)`` for a multiplier ``t >= 0``;
+* L1: a unit of ``|delta_i|`` costs 1 and buys ``|g_i|`` of ``g . delta``, up to ``room_i``
+  units: a fractional knapsack, solved greedily. Coordinates move by their whole room in
+  decreasing order of ``|g_i|`` until ``g . delta`` reaches ``m``; the last moves by what is
+  still missing (without the box: the single largest ``|g_i|`` carries ``m / ||g||_inf``).
 
-where ``room_i`` is the distance to the bound in the direction of ``g_i``. In both cases
+where ``room_i`` is the distance to the bound in the direction of ``g_i``. For Linf and L2,
 ``g . delta`` is a piecewise-linear increasing function of ``s`` (or ``t``) with one
 breakpoint per coordinate, so the smallest parameter that reaches ``m`` is solved exactly
-by sorting the breakpoints (no bisection).
+by sorting the breakpoints (no bisection); for L1 the sort is by ``|g_i|``.
 """
 
 from __future__ import annotations
@@ -34,8 +38,10 @@ from advrun.structure import affine_map, check_affine, probe_points
 
 def halfspace_minimum(g: torch.Tensor, m: torch.Tensor, room_up: torch.Tensor, room_down: torch.Tensor,
                       p: float) -> torch.Tensor:
-    """Per row, the smallest ``delta`` (Lp, p = inf or 2) with ``g . delta >= m`` and
+    """Per row, the smallest ``delta`` (Lp, p = inf, 2 or 1) with ``g . delta >= m`` and
     ``-room_down <= delta <= room_up``; a row of ``inf`` where the box cannot reach ``m``."""
+    if p == 1.0:
+        return halfspace_minimum_l1(g, m, room_up, room_down)
     magnitude = g.abs()
     room = torch.where(g > 0, room_up, room_down)
     rate = torch.ones_like(magnitude) if p == math.inf else magnitude  # |delta_i| = min(s rate_i, room_i)
@@ -53,22 +59,43 @@ def halfspace_minimum(g: torch.Tensor, m: torch.Tensor, room_up: torch.Tensor, r
     return torch.where(reached.any(dim=1, keepdim=True), delta, math.inf)
 
 
+def halfspace_minimum_l1(g: torch.Tensor, m: torch.Tensor, room_up: torch.Tensor,
+                         room_down: torch.Tensor) -> torch.Tensor:
+    """Per row, the smallest ``delta`` in L1 with ``g . delta >= m`` and ``-room_down <= delta <= room_up``
+    (the fractional knapsack of the module docstring); a row of ``inf`` where the box cannot reach ``m``."""
+    magnitude = g.abs()
+    room = torch.where(g > 0, room_up, room_down)
+    magnitude, order = magnitude.sort(dim=1, descending=True, stable=True)
+    room = room.gather(1, order)
+    reach = (magnitude * room).cumsum(dim=1)  # g . delta once coordinates 0..k have moved by their room
+    reached = reach >= m[:, None]
+    last = reached.to(torch.int64).argmax(dim=1, keepdim=True)  # the coordinate that moves only part way
+    before = reach.gather(1, last) - (magnitude * room).gather(1, last)
+    part = ((m[:, None] - before) / magnitude.gather(1, last).clamp_min(1e-300)).clamp_min(0.0)
+    part = torch.minimum(part, room.gather(1, last))
+    rank = torch.arange(g.shape[1], device=g.device)
+    amount = torch.where(rank < last, room, torch.where(rank == last, part, 0.0))
+    delta = torch.zeros_like(g).scatter(1, order, amount) * g.sign()
+    return torch.where(reached.any(dim=1, keepdim=True), delta, math.inf)
+
+
 @dataclass
 class LinearExact(MinimumNormAttack):
-    """The minimal untargeted perturbation of an affine model, in Linf or L2, in the bounds.
+    """The minimal untargeted perturbation of an affine model, in Linf, L2 or L1, in the bounds.
 
     Exact: with ``W, b`` read off the model, the returned perturbation solves
     ``min ||delta||_p  s.t.  max_{j != y} (W (x + delta) + b)_j >= (W (x + delta) + b)_y,
     lo <= x + delta <= hi`` in float64, except that each margin ``m_j`` is raised by
     ``overshoot * (1 + max_k |z_k|)`` so that the returned float32 point lies strictly across the
-    boundary; the norm exceeds the exact minimum by at most that margin over ``||g_j||_dual``.
+    boundary; the norm exceeds the exact minimum by that margin's price (without the box: the
+    margin over ``||g_j||_dual``; in the box, over the slope of the last coordinate moved).
     Samples the box cannot misclassify are returned unchanged. Only affine models are
     accepted (:meth:`check_model`); untargeted only (a target needs ``K - 1`` constraints at
     once, not one half-space).
     """
 
     name = "linear_exact"
-    norms = (math.inf, 2.0)
+    norms = (math.inf, 2.0, 1.0)
     targetable = False
 
     overshoot: float = 1e-6

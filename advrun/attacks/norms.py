@@ -15,19 +15,22 @@ _NORM_ALIASES = {
     "inf": math.inf, "linf": math.inf, "l_inf": math.inf, "infinity": math.inf,
     "2": 2.0, "l2": 2.0,
     "1": 1.0, "l1": 1.0,
+    "0": 0.0, "l0": 0.0,
 }
 
 
 def parse_norm(norm: object) -> float:
-    """Turn ``"inf"``, ``"Linf"``, ``2``, ``"l2"``, ``1`` ... into ``math.inf``, ``2.0`` or ``1.0``."""
+    """Turn ``"inf"``, ``"Linf"``, ``2``, ``"l2"``, ``1``, ``0`` ... into ``math.inf``, ``2.0``, ``1.0``
+    or ``0.0``. L0 (the number of changed coordinates) is a norm of minimum-norm attacks only
+    (FMN): attacks list the norms they support, and the others refuse it."""
     if isinstance(norm, bool):
-        raise ValueError(f"unknown norm {norm!r}; use inf, 2 or 1")
+        raise ValueError(f"unknown norm {norm!r}; use inf, 2, 1 or 0")
     if isinstance(norm, (int, float)):
-        if float(norm) in (math.inf, 2.0, 1.0):
+        if float(norm) in (math.inf, 2.0, 1.0, 0.0):
             return float(norm)
     elif isinstance(norm, str) and norm.strip().lower() in _NORM_ALIASES:
         return _NORM_ALIASES[norm.strip().lower()]
-    raise ValueError(f"unknown norm {norm!r}; use inf, 2 or 1")
+    raise ValueError(f"unknown norm {norm!r}; use inf, 2, 1 or 0")
 
 
 def norm_field(value: object, supported: tuple[float, ...] = (math.inf, 2.0, 1.0), what: str = "this") -> float:
@@ -45,7 +48,7 @@ def norm_field(value: object, supported: tuple[float, ...] = (math.inf, 2.0, 1.0
 
 
 def norm_name(p: float) -> str:
-    """``math.inf`` -> ``"linf"``, ``2.0`` -> ``"l2"``, ``1.0`` -> ``"l1"``."""
+    """``math.inf`` -> ``"linf"``, ``2.0`` -> ``"l2"``, ``1.0`` -> ``"l1"``, ``0.0`` -> ``"l0"``."""
     return "linf" if p == math.inf else f"l{int(p)}"
 
 
@@ -68,7 +71,7 @@ def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def lp_norm(delta: torch.Tensor, p: float) -> torch.Tensor:
-    """Per-sample Lp norm of ``delta``."""
+    """Per-sample Lp norm of ``delta`` (``p = 0``: the number of non-zero coordinates)."""
     return torch.linalg.vector_norm(_flat(delta), ord=p, dim=1)
 
 
