@@ -3,7 +3,9 @@ affine model (LinearExact) and close to it, inside the bounds, targets reached, 
 count changed pixels; its settings checked. Against foolbox: tests/test_peers_minimum_norm.py."""
 
 import math
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -113,3 +115,19 @@ def test_config_builds_fmn_with_its_defaults(make_cfg):
 
     attack = instantiate(make_cfg("attack=fmn").attack, eps=None)
     assert attack == FMN(eps=None)  # the YAML repeats the class defaults
+
+
+def test_every_data_set_has_default_l0_budgets(make_cfg, tmp_path):
+    """attack=fmn attack.norm=0 alone gives a curve over the data set's L0 grid (counts of pixels)."""
+    from omegaconf import OmegaConf
+    from tests.conftest import TINY
+
+    for path in sorted((Path(__file__).parents[1] / "conf" / "dataset").glob("*.yaml")):
+        budgets = OmegaConf.load(path).budgets
+        assert set(budgets) >= {"linf", "l2", "l1", "l0"}, path.name
+        assert budgets.l0.eps in budgets.l0.grid and all(float(v).is_integer() for v in budgets.l0.grid), path.name
+    from advrun import experiment
+
+    experiment.run(make_cfg(*TINY, "attack=fmn", "attack.norm=0", "attack.steps=5"), tmp_path)
+    curve = pd.read_csv(tmp_path / "curve.csv")
+    assert sorted(curve["eps"]) == [0.0, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0] and set(curve["norm"]) == {"l0"}
