@@ -8,6 +8,8 @@ Three numbers, three denominators:
   targeted attack: initially correct samples whose label is not already the target).
 
 For untargeted attacks ``robust_accuracy = clean_accuracy * (1 - success_rate)`` exactly.
+Each of the three has its 95% Clopper-Pearson interval (:mod:`advrun.stats`) beside it in the
+curve (``*_low``, ``*_high``), computed from the counts of the row.
 
 The kind of the attack (:mod:`advrun.attacks.base`) says how a curve is measured: bounded
 attacks run once per budget; a minimum-norm attack runs once, and at budget eps a sample
@@ -29,12 +31,30 @@ from torch import nn
 from advrun.attacks.base import NORM_QUANTILES, Attack, AttackResult, Bounds
 from advrun.attacks.norms import norm_name
 from advrun.console import progress_bar
+from advrun.stats import clopper_pearson
 from advrun.training import predict
 
+#: The proportions of a curve row with an interval: their count and its denominator.
+PROPORTIONS = {
+    "clean_accuracy": ("n_correct", "n_samples"),
+    "robust_accuracy": ("n_robust", "n_samples"),
+    "success_rate": ("n_success", "n_eligible"),
+}
 CURVE_COLUMNS = [
-    "attack", "norm", "target", "eps", "n_samples", "n_correct", "n_eligible", "n_success",
-    "clean_accuracy", "robust_accuracy", "success_rate", "mean_norm", "median_norm", "time_s", *NORM_QUANTILES,
+    "attack", "norm", "target", "eps", "n_samples", "n_correct", "n_robust", "n_eligible", "n_success",
+    *[column for name in PROPORTIONS for column in (name, f"{name}_low", f"{name}_high")],
+    "mean_norm", "median_norm", "time_s", *NORM_QUANTILES,
 ]
+
+
+def intervals(row: dict) -> dict[str, float]:
+    """The 95% Clopper-Pearson interval (``<name>_low``, ``<name>_high``) of every proportion of
+    :data:`PROPORTIONS` whose count and denominator the curve row ``row`` holds."""
+    bounds = {}
+    for name, (count, total) in PROPORTIONS.items():
+        if row.get(count) is not None and row.get(total) is not None:
+            bounds[f"{name}_low"], bounds[f"{name}_high"] = clopper_pearson(row[count], row[total])
+    return bounds
 
 
 @dataclass
@@ -67,6 +87,7 @@ def _row(attack: Attack, eps: float, y, clean_correct, result: AttackResult, sec
     eligible = clean_correct if result.targets is None else clean_correct & (result.targets != y)
     success = eligible & result.success & within
     n, n_correct, n_eligible, n_success = len(y), int(clean_correct.sum()), int(eligible.sum()), int(success.sum())
+    n_robust = n_correct - int(fooled.sum())
     norms = result.norms[success].double()
     row = {
         "attack": attack.name,
@@ -75,16 +96,17 @@ def _row(attack: Attack, eps: float, y, clean_correct, result: AttackResult, sec
         "eps": float(eps),
         "n_samples": n,
         "n_correct": n_correct,
+        "n_robust": n_robust,
         "n_eligible": n_eligible,
         "n_success": n_success,
         "clean_accuracy": n_correct / n,
-        "robust_accuracy": (n_correct - int(fooled.sum())) / n,
+        "robust_accuracy": n_robust / n,
         "success_rate": n_success / n_eligible if n_eligible else math.nan,
         "mean_norm": norms.mean().item() if n_success else math.nan,
         "median_norm": norms.quantile(0.5).item() if n_success else math.nan,
         "time_s": seconds,
     }
-    return row | attack.curve_fields(result, eligible)
+    return row | intervals(row) | attack.curve_fields(result, eligible)
 
 
 def _samples(attack: Attack, y, clean_correct, result: AttackResult) -> pd.DataFrame | None:

@@ -34,7 +34,7 @@ from advrun.config import build, check_optimizer, epsilons_from, resolve_device,
 from advrun.console import results
 from advrun.data import Dataset, load_dataset
 from advrun.errors import AdvrunError, ConfigError, OutputError, keyed
-from advrun.evaluation import CURVE_COLUMNS, robustness_curve
+from advrun.evaluation import CURVE_COLUMNS, intervals, robustness_curve
 from advrun.models import Classifier
 from advrun.reporting import plots
 from advrun.reporting.figures import model_figures
@@ -153,11 +153,12 @@ def certified_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: fl
     accuracies = certify.certified_accuracy(radii, epsilons)
     seconds = time.perf_counter() - start
     proven = radii[radii > 0]
-    return pd.DataFrame([{
+    rows = [{
         "attack": "certified", "norm": norm_name(norm), "eps": float(eps), "n_samples": len(x),
-        "robust_accuracy": accuracy, "median_norm": float(proven.median()) if len(proven) else math.nan,
-        "time_s": seconds,
-    } for eps, accuracy in zip(epsilons, accuracies)], columns=CURVE_COLUMNS)
+        "n_robust": round(accuracy * len(x)), "robust_accuracy": accuracy,
+        "median_norm": float(proven.median()) if len(proven) else math.nan, "time_s": seconds,
+    } for eps, accuracy in zip(epsilons, accuracies)]
+    return pd.DataFrame([row | intervals(row) for row in rows], columns=CURVE_COLUMNS)
 
 
 def audit_evaluation(plan: "RunPlan", x: torch.Tensor, y: torch.Tensor, evaluation) -> list[audit.Check]:

@@ -117,3 +117,19 @@ def test_attacks_outside_the_lp_model_give_one_row():
     curve = robustness_curve(Logits(), Swap(eps=0.01), x, y, [0.0, 0.1], bounds=(0.0, 1.0), batch_size=8).curve
     assert len(curve) == 1 and math.isnan(curve["eps"].iloc[0])
     assert curve["robust_accuracy"].iloc[0] == 0.0
+
+
+def test_every_proportion_of_the_curve_has_its_interval_from_the_row_counts():
+    from advrun.stats import clopper_pearson
+
+    x, y, m = margin_data()
+    curve = robustness_curve(Logits(), ShiftBy(), x, y, [0.0, 0.12, 0.22], bounds=(0.0, 1.0), batch_size=4).curve
+    assert curve["n_robust"].tolist() == [6, 4, 2]
+    for record in curve.to_dict("records"):
+        for name, count, total in (("clean_accuracy", "n_correct", "n_samples"),
+                                   ("robust_accuracy", "n_robust", "n_samples"),
+                                   ("success_rate", "n_success", "n_eligible")):
+            low, high = clopper_pearson(record[count], record[total])
+            assert (record[f"{name}_low"], record[f"{name}_high"]) == (low, high)
+            assert low <= record[name] <= high
+    assert curve["success_rate_low"].iloc[0] == 0.0 and curve["robust_accuracy_high"].iloc[0] < 1.0

@@ -30,6 +30,7 @@ def test_three_denominators(make_cfg, tmp_path):
     n = curve["n_samples"]
     assert (curve["clean_accuracy"] == curve["n_correct"] / n).all()
     assert (curve["robust_accuracy"] == (curve["n_correct"] - curve["n_success"]) / n).all()
+    assert (curve["robust_accuracy"] == curve["n_robust"] / n).all()
     assert (curve["success_rate"] == curve["n_success"] / curve["n_correct"]).all()
     pd.testing.assert_series_equal(
         curve["robust_accuracy"], curve["clean_accuracy"] * (1 - curve["success_rate"]), check_names=False
@@ -143,6 +144,10 @@ def test_certified_accuracy_is_drawn_next_to_the_attack_and_never_above_it(make_
     assert list(certified.index) == list(attacked.index) and certified.iloc[0] == pytest.approx(attacked.iloc[0])
     assert (certified <= attacked + 1e-12).all() and certified.iloc[1] > 0
     assert metrics["certified_accuracy"] == pytest.approx(certified.loc[metrics["eps"]])
+    rows = curve[curve["attack"] == "certified"]
+    assert (rows["n_robust"] == (rows["robust_accuracy"] * rows["n_samples"]).round()).all()
+    assert (rows["robust_accuracy_low"] <= rows["robust_accuracy"]).all()
+    assert (rows["robust_accuracy"] <= rows["robust_accuracy_high"]).all() and rows["success_rate_low"].isna().all()
 
 
 def test_certification_is_skipped_or_refused_where_no_guarantee_exists(make_cfg, tmp_path):
