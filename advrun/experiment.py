@@ -278,7 +278,8 @@ class RunPlan:
         return f"{self.data.name} / {_describe(self.model)} / defense {_describe(self.defense)}"
 
     def evaluation_set(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first ``eval.n_samples`` test samples (all of them by default)."""
+        """The first ``eval.n_samples`` test samples (all of them by default): a sample's position here
+        is its position in the test set ``data.x_test`` (``index`` in ``samples.csv``)."""
         n = self.cfg.eval.n_samples or len(self.data.x_test)
         return self.data.x_test[:n], self.data.y_test[:n]
 
@@ -322,10 +323,11 @@ def plan(cfg: DictConfig, output_dir: str | Path) -> RunPlan:
 @dataclass
 class Evaluated:
     """What the evaluation attack found: the curve (with certified rows), the minimal norms per
-    sample of a minimum-norm attack, the audit, and the images the attack made."""
+    sample of a minimum-norm attack, the per-sample results, the audit, and the images the attack made."""
 
     curve: pd.DataFrame
     samples: pd.DataFrame | None
+    per_sample: pd.DataFrame | None
     checks: list[audit.Check] | None
     audit_s: float
     images: dict[str, torch.Tensor]
@@ -343,7 +345,8 @@ def evaluate(plan: RunPlan, x: torch.Tensor, y: torch.Tensor) -> Evaluated:
         curve = pd.concat([curve, certified], ignore_index=True)
     start = time.perf_counter()
     checks = audit_evaluation(plan, x, y, evaluation) if plan.audit else None
-    return Evaluated(curve, evaluation.samples, checks, time.perf_counter() - start, attack.artifacts())
+    return Evaluated(curve, evaluation.samples, evaluation.per_sample, checks, time.perf_counter() - start,
+                     attack.artifacts())
 
 
 def draw_figures(plan: RunPlan, history: pd.DataFrame, evaluated: Evaluated | None, x: torch.Tensor,
@@ -391,6 +394,7 @@ def execute(plan: RunPlan) -> RunResult:
                     "class_names": data.class_names, "bounds": list(data.bounds)},
         curve=None if evaluated is None else evaluated.curve,
         samples=None if evaluated is None else evaluated.samples,
+        per_sample=None if evaluated is None else evaluated.per_sample,
         audit=None if evaluated is None or evaluated.checks is None else audit.checks_to_records(evaluated.checks),
         images={} if evaluated is None else evaluated.images,
     )
@@ -467,16 +471,19 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
 
 @dataclass
 class Run:
-    """A finished run reloaded from disk by :func:`load_run`."""
+    """A finished run reloaded from disk by :func:`load_run`; ``samples``: its per-sample results
+    (``samples.csv``, one row per evaluated sample and attack run), None without an attack."""
 
     path: Path
     model: nn.Module
     config: DictConfig
     metrics: dict[str, Any] | None
+    samples: pd.DataFrame | None = None
 
 
 def load_run(path: str | Path) -> Run:
-    """Reload a finished run: its model (eval mode, on the CPU), resolved config and metrics.
+    """Reload a finished run: its model (eval mode, on the CPU), resolved config, metrics and
+    per-sample results.
 
     The weights load as ``model.checkpoint`` does (:mod:`advrun.checkpoints`): ``weights_only=True``,
     no arbitrary unpickling, shapes and finite values checked.
@@ -494,7 +501,7 @@ def load_run(path: str | Path) -> Run:
     load_weights(model, folder.weights, key="path")
     model.eval()
     metrics = folder.json(RunFolder.METRICS) if folder.metrics() is not None else None  # checked, then as written
-    return Run(path=folder.path, model=model, config=config, metrics=metrics)
+    return Run(path=folder.path, model=model, config=config, metrics=metrics, samples=folder.per_sample())
 
 
 __all__ = ["Run", "RunPlan", "build_attack", "build_model", "execute", "load_run", "plan", "run", "seed_everything"]

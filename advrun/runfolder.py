@@ -7,6 +7,7 @@ A run folder holds, when the run finished (written in this order, ``metrics.json
     model.json, model.pt    the model's shape and classes; its weights (``state_dict``)
     training.csv            one row per epoch
     curve.csv, norms.csv    the robustness curve; minimal norms per sample (minimum-norm attacks)
+    samples.csv             the per-sample results: one row per evaluated sample and attack run
     audit.json              the evaluation audit
     <figure>.png / .svg     the figures; <artifact>.png images an attack made (a patch)
     metrics.json            the headline numbers (:class:`Metrics`): its presence marks finished results
@@ -147,13 +148,16 @@ def _is_one_of(value: Any, kinds: tuple) -> bool:
 @dataclass
 class RunResult:
     """Everything a run produced, as typed fields: what :meth:`RunFolder.write` writes and
-    :meth:`RunFolder.read` reads back (``weights``, ``images`` and ``figures`` are written only)."""
+    :meth:`RunFolder.read` reads back (``weights``, ``images`` and ``figures`` are written only).
+    ``samples``: a minimum-norm attack's minimal norms (``norms.csv``); ``per_sample``: the
+    per-sample results of every attack run (``samples.csv``)."""
 
     metrics: Metrics
     history: pd.DataFrame
     model_info: dict[str, Any] = field(default_factory=dict)
     curve: pd.DataFrame | None = None
     samples: pd.DataFrame | None = None
+    per_sample: pd.DataFrame | None = None
     audit: list[dict[str, str]] | None = None
     weights: dict[str, Any] | None = None
     images: dict[str, Any] = field(default_factory=dict)
@@ -172,6 +176,7 @@ class RunFolder:
     TRAINING = "training.csv"
     CURVE = "curve.csv"
     NORMS = "norms.csv"
+    PER_SAMPLE = "samples.csv"
     AUDIT = "audit.json"
     ERROR = "error.txt"
     TRACEBACK = "traceback.txt"
@@ -246,6 +251,8 @@ class RunFolder:
             io.write_csv(self.file(self.CURVE), result.curve.drop(columns="time_s", errors="ignore"))
         if result.samples is not None:
             io.write_csv(self.file(self.NORMS), result.samples)
+        if result.per_sample is not None:
+            io.write_csv(self.file(self.PER_SAMPLE), result.per_sample)
         if result.audit is not None:
             io.write_json(self.file(self.AUDIT), result.audit)
         for stem, formats in result.figures.items():
@@ -282,7 +289,7 @@ class RunFolder:
         history = self.table(self.TRAINING)
         return RunResult(metrics=metrics, history=history if history is not None else pd.DataFrame(),
                          model_info=self.json(self.MODEL_INFO) or {}, curve=self.table(self.CURVE),
-                         samples=self.table(self.NORMS), audit=self.audit())
+                         samples=self.table(self.NORMS), per_sample=self.per_sample(), audit=self.audit())
 
     def json(self, name: str) -> Any:
         """The JSON file ``name`` of the folder; None (with a warning) when it is missing or unreadable."""
@@ -310,6 +317,13 @@ class RunFolder:
 
     def curve(self) -> pd.DataFrame | None:
         return self.table(self.CURVE)
+
+    def per_sample(self) -> pd.DataFrame | None:
+        """The per-sample results (``samples.csv``); ``fooled_by`` is ``""`` where no ensemble member is named."""
+        table = self.table(self.PER_SAMPLE)
+        if table is not None and "fooled_by" in table.columns:
+            table["fooled_by"] = table["fooled_by"].fillna("").astype(str)
+        return table
 
     def history(self) -> pd.DataFrame | None:
         return self.table(self.TRAINING)

@@ -53,6 +53,27 @@ def test_metrics_record_the_run(make_cfg, tmp_path):
     assert metrics["test_accuracy"] == history["test_accuracy"].iloc[-1]
 
 
+def test_samples_csv_holds_every_sample_at_every_budget_as_the_curve_counts_them(make_cfg, tmp_path):
+    experiment.run(make_cfg(*TINY, "attack.steps=2", "eval.epsilons=[0,0.1,0.2]", "eval.n_samples=40"), tmp_path)
+    curve = pd.read_csv(tmp_path / "curve.csv")
+    samples = pd.read_csv(tmp_path / "samples.csv")
+    assert len(samples) == 40 * 3 and sorted(set(samples["index"])) == list(range(40))
+    for record in curve.to_dict("records"):
+        rows = samples[samples["eps"] == record["eps"]]
+        assert (rows["success"] & rows["eligible"]).sum() == record["n_success"]
+        assert rows["robust"].sum() == record["n_robust"] and rows["clean_correct"].sum() == record["n_correct"]
+    run = experiment.load_run(tmp_path)
+    pd.testing.assert_frame_equal(run.samples.drop(columns="fooled_by"), samples.drop(columns="fooled_by"))
+    # index: the position in the run's test set, which the dataset config gives back
+    from advrun.data import load_dataset
+
+    data = load_dataset(experiment.to_container(run.config.dataset))
+    assert samples["label"].head(40).tolist() == data.y_test[torch.tensor(samples["index"].head(40).tolist())].tolist()
+    with torch.no_grad():
+        predicted = run.model(data.x_test[:40]).argmax(1)
+    assert samples["clean_prediction"].head(40).tolist() == predicted.tolist()
+
+
 def test_budgets_follow_the_norm_and_the_headline_eps_joins_the_curve(make_cfg, tmp_path):
     experiment.run(make_cfg(*TINY, "attack.steps=2", "attack.norm=2", "attack.eps=0.7"), tmp_path / "a")
     curve = pd.read_csv(tmp_path / "a" / "curve.csv")

@@ -21,9 +21,11 @@ def _metrics(**extra) -> Metrics:
 def _result(**extra) -> RunResult:
     curve = pd.DataFrame({"attack": ["pgd", "pgd"], "eps": [0.0, 0.1], "robust_accuracy": [0.8, 0.4],
                           "time_s": [0.1, 0.2]})
+    per_sample = pd.DataFrame({"index": [0, 1, 0, 1], "eps": [0.0, 0.0, 0.1, 0.1], "success": [False, False, True, False],
+                               "perturbation_norm": [0.0, 0.0, 0.1, 0.1], "fooled_by": ["", "", "apgd-linf", ""]})
     return RunResult(
         metrics=_metrics(attack="pgd", norm="linf", eps=0.1, robust_accuracy=0.4, success_rate=0.5, **extra),
-        history=pd.DataFrame({"epoch": [1, 2], "loss": [0.5, 0.25]}), curve=curve,
+        history=pd.DataFrame({"epoch": [1, 2], "loss": [0.5, 0.25]}), curve=curve, per_sample=per_sample,
         model_info={"in_shape": [4], "num_classes": 2}, weights={"w": torch.ones(2, 4)},
         audit=[{"name": "monotone", "status": "pass", "reason": "r", "advice": ""}],
         figures={"robustness_curve": {"png": b"\x89PNG fake", "svg": b"<svg/>"}},
@@ -67,12 +69,13 @@ def test_write_then_read_gives_the_result_back_and_metrics_json_comes_last(tmp_p
         monkeypatch.setattr(io, name, lambda path, *a, _f=original: (order.append(path.name), _f(path, *a))[1])
     result = _result()
     folder.write(result)
-    assert order[-1] == "metrics.json" and {"model.pt", "model.json", "curve.csv", "audit.json",
+    assert order[-1] == "metrics.json" and {"model.pt", "model.json", "curve.csv", "samples.csv", "audit.json",
                                               "robustness_curve.png", "robustness_curve.svg"} <= set(order)
     back = folder.read()
     assert back.metrics == result.metrics and back.model_info == result.model_info and back.audit == result.audit
     pd.testing.assert_frame_equal(back.history, result.history)
     pd.testing.assert_frame_equal(back.curve, result.curve.drop(columns="time_s"))  # timings live in metrics.json
+    pd.testing.assert_frame_equal(back.per_sample, result.per_sample)  # an empty fooled_by reads back as ""
     assert torch.equal(torch.load(folder.weights, weights_only=True)["w"], torch.ones(2, 4))
     assert [p.name for p in folder.figures()] == ["robustness_curve.png"]
 
