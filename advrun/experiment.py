@@ -410,6 +410,7 @@ def run_metrics(plan: RunPlan, history: pd.DataFrame, clean: float, n_eval: int,
         final_train_loss=float(history["loss"].iloc[-1]) if len(history) else math.nan,
         seed=cfg.seed, seeds=seeds(cfg.seed), deterministic=bool(cfg.get("deterministic", False)),
         device=str(plan.device), versions=versions(), git_commit=git_commit(),
+        counts={"n_correct": round(clean * n_eval)},
     )
     if evaluated is not None:
         curve = evaluated.curve
@@ -417,6 +418,8 @@ def run_metrics(plan: RunPlan, history: pd.DataFrame, clean: float, n_eval: int,
         certified = curve[(curve["attack"] == "certified") & (curve["eps"] == attack.eps)]
         if len(certified):
             metrics.certified_accuracy = float(certified["robust_accuracy"].iloc[0])
+            metrics.counts["n_certified"] = int(certified["n_robust"].iloc[0])
+        metrics.counts.update({count: int(headline[count]) for count in ("n_robust", "n_eligible", "n_success")})
         metrics.attack, metrics.norm = attack.name, norm_name(attack.norm)
         metrics.eps = attack.headline_eps
         metrics.robust_accuracy = float(headline["robust_accuracy"])
@@ -424,6 +427,7 @@ def run_metrics(plan: RunPlan, history: pd.DataFrame, clean: float, n_eval: int,
         metrics.curve = json.loads(curve.drop(columns="time_s").to_json(orient="records"))
         if evaluated.checks is not None:
             metrics.audit = audit.summary(evaluated.checks)
+    metrics.add_intervals()
     return metrics
 
 

@@ -48,6 +48,15 @@ def test_metrics_record_the_run(make_cfg, tmp_path):
     assert "git_commit" in saved and len(saved["curve"]) == len(pd.read_csv(tmp_path / "curve.csv"))
     headline = [row for row in saved["curve"] if row["eps"] == saved["eps"]][0]
     assert saved["robust_accuracy"] == pytest.approx(headline["robust_accuracy"])
+    from advrun.stats import clopper_pearson
+
+    counts = saved["counts"]
+    assert counts == {"n_correct": headline["n_correct"], "n_robust": headline["n_robust"],
+                      "n_eligible": headline["n_eligible"], "n_success": headline["n_success"]}
+    assert saved["clean_accuracy_ci"] == pytest.approx(clopper_pearson(counts["n_correct"], saved["n_eval"]))
+    assert saved["robust_accuracy_ci"] == pytest.approx([headline["robust_accuracy_low"],
+                                                          headline["robust_accuracy_high"]])
+    assert saved["success_rate_ci"] == pytest.approx(clopper_pearson(counts["n_success"], counts["n_eligible"]))
     history = pd.read_csv(tmp_path / "training.csv")
     assert list(history["epoch"]) == [1, 2] and {"loss", "train_accuracy", "test_accuracy"} <= set(history)
     assert metrics["test_accuracy"] == history["test_accuracy"].iloc[-1]
@@ -169,6 +178,10 @@ def test_certified_accuracy_is_drawn_next_to_the_attack_and_never_above_it(make_
     assert (rows["n_robust"] == (rows["robust_accuracy"] * rows["n_samples"]).round()).all()
     assert (rows["robust_accuracy_low"] <= rows["robust_accuracy"]).all()
     assert (rows["robust_accuracy"] <= rows["robust_accuracy_high"]).all() and rows["success_rate_low"].isna().all()
+    headline = rows.set_index("eps").loc[metrics["eps"]]
+    assert metrics["counts"]["n_certified"] == headline["n_robust"]
+    assert metrics["certified_accuracy_ci"] == pytest.approx([headline["robust_accuracy_low"],
+                                                               headline["robust_accuracy_high"]])
 
 
 def test_certification_is_skipped_or_refused_where_no_guarantee_exists(make_cfg, tmp_path):

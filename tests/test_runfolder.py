@@ -50,6 +50,35 @@ def test_metrics_round_trip_through_json_and_ignore_unknown_keys():
     assert metrics.headline() == 0.4
 
 
+def test_metrics_intervals_follow_from_the_counts_and_leave_with_the_attack():
+    from advrun.stats import clopper_pearson
+
+    metrics = _metrics(attack="pgd", norm="linf", eps=0.1, robust_accuracy=0.4, success_rate=0.5,
+                       counts={"n_correct": 4, "n_robust": 2, "n_eligible": 4, "n_success": 2})
+    metrics.add_intervals()
+    assert metrics.clean_accuracy_ci == list(clopper_pearson(4, 5))
+    assert metrics.robust_accuracy_ci == list(clopper_pearson(2, 5))
+    assert metrics.success_rate_ci == list(clopper_pearson(2, 4))  # over the eligible samples, not n_eval
+    assert metrics.certified_accuracy_ci is None and metrics.interval("certified_accuracy") is None
+    record = json.loads(json.dumps(metrics.to_json()))
+    assert record["robust_accuracy_ci"] == metrics.robust_accuracy_ci and "Clopper-Pearson" in record["intervals"]
+    assert "certified_accuracy_ci" not in record
+    assert Metrics.from_json(record) == metrics and metrics.interval("success_rate") == clopper_pearson(2, 4)
+    plain = _metrics(counts={"n_correct": 4})
+    plain.add_intervals()
+    record = plain.to_json()
+    assert record["clean_accuracy_ci"] == list(clopper_pearson(4, 5))
+    assert not {"robust_accuracy_ci", "success_rate_ci"} & set(record)
+
+
+def test_metrics_written_before_the_intervals_still_read():
+    record = _metrics(attack="pgd", norm="linf", eps=0.1, robust_accuracy=0.4, success_rate=0.5).to_json()
+    for key in ("clean_accuracy_ci", "robust_accuracy_ci", "success_rate_ci", "counts", "intervals"):
+        record.pop(key)
+    metrics = Metrics.from_json(record)
+    assert metrics.counts == {} and metrics.interval("robust_accuracy") is None and metrics.count("success_rate") is None
+
+
 @pytest.mark.parametrize("record, said", [
     ([1, 2], "holds a JSON list"), ("text", "holds a JSON str"), ({"dataset": "digits"}, "n_train, n_test"),
 ])
@@ -112,7 +141,8 @@ def test_sweep_jobs_are_found_in_job_number_order_whatever_their_names(tmp_path)
 
 
 @pytest.mark.parametrize("field, value", [("clean_accuracy", "x"), ("timings", [1]), ("n_eval", 2.5),
-                                          ("deterministic", 1), ("curve", {"a": 1})])
+                                          ("deterministic", 1), ("curve", {"a": 1}), ("robust_accuracy_ci", 0.5),
+                                          ("counts", [3])])
 def test_metrics_of_the_wrong_type_are_an_error_naming_the_file_and_the_key(field, value):
     record = {**_metrics().to_json(), field: value}
     with pytest.raises(AdvrunError, match=f"wrong type of {field}") as info:
