@@ -39,8 +39,9 @@ from advrun.models import Classifier
 from advrun.reporting import plots
 from advrun.reporting.figures import model_figures
 from advrun.reporting.report import write_run_report
-from advrun.reporting.tables import summary_table
+from advrun.reporting.tables import clean_summary, summary_table
 from advrun.runfolder import Metrics, RunFolder, RunResult
+from advrun.stats import METHOD
 from advrun.training import HISTORY_COLUMNS, CorruptCheckpoint, NonFiniteLoss, accuracy, batch_starts, train
 from advrun.versions import git_commit, versions
 
@@ -440,8 +441,8 @@ def print_summary(plan: RunPlan, result: RunResult) -> None:
         if result.audit is not None:
             results.print(audit.audit_table([audit.Check(**record) for record in result.audit]))
     else:
-        results.print(f"{plan.title}: clean accuracy {100 * metrics.clean_accuracy:.2f}% on {metrics.n_eval} "
-                      "test samples (no attack)")
+        results.print(f"{plan.title}: {clean_summary(metrics.clean_accuracy, metrics.n_eval)} (no attack; "
+                      f"in brackets the {METHOD}, in %)")
 
 
 def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:

@@ -39,3 +39,11 @@ def clopper_pearson(successes: float, n: float, level: float = LEVEL) -> tuple[f
     low = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
     high = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
     return low, high
+
+
+def bracketed(low: float | None, high: float | None) -> str:
+    """An interval of a proportion as reports show it after the value, in percent with one decimal:
+    `` [70.4, 75.9]``; empty where there is none (NaN, or a file written before intervals)."""
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return ""
+    return f" [{100 * low:.1f}, {100 * high:.1f}]"

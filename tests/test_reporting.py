@@ -89,6 +89,14 @@ def markdown_table(text: str, heading: str) -> pd.DataFrame:
     return pd.DataFrame(cells[2:], columns=cells[0])
 
 
+def with_interval(k: int, n: int) -> str:
+    """``k / n`` as the reports show it: the percentage, then its 95% Clopper-Pearson interval."""
+    from advrun.stats import clopper_pearson
+
+    low, high = clopper_pearson(k, n)
+    return f"{100 * k / n:.2f}% [{100 * low:.1f}, {100 * high:.1f}]"
+
+
 class _Page(HTMLParser):
     """Tags, attributes and text of an HTML page."""
 
@@ -128,15 +136,18 @@ def test_report_md_tables_hold_the_curve_rows_and_their_denominators(digits_run)
     for row, record in zip(table.to_dict("records"), curve.to_dict("records")):
         # the table writes eps with :g (6 significant digits, <= 5e-6 relative); rel 1e-3 is looser
         assert float(row["eps"]) == pytest.approx(record["eps"], rel=1e-3)
-        robust = (record["n_correct"] - record["n_success"]) / record["n_samples"]  # fooled / all N
-        assert row["robust accuracy"] == f"{100 * robust:.2f}%"
-        assert row["success rate"] == f"{100 * record['n_success'] / record['n_eligible']:.2f}%"
+        robust = record["n_correct"] - record["n_success"]  # robust: correct, and not fooled
+        assert row["robust accuracy"] == with_interval(robust, record["n_samples"])
+        assert row["success rate"] == with_interval(record["n_success"], record["n_eligible"])
         assert (int(row["correct"]), int(row["fooled"])) == (record["n_correct"], record["n_success"])
     metrics = json.loads((digits_run / "metrics.json").read_text())
     headline = markdown_table((digits_run / "report.md").read_text(), "Results")
-    assert headline["value"].iloc[0] == f"{100 * metrics['clean_accuracy']:.2f}%"
+    n_correct = round(metrics["clean_accuracy"] * metrics["n_eval"])
+    assert headline["value"].iloc[0] == with_interval(n_correct, metrics["n_eval"])
+    assert headline["denominator"].iloc[0].endswith(f"({n_correct} / {metrics['n_eval']})")
     text = (digits_run / "report.md").read_text()
     assert "initially correct samples" in text and "all N" in text  # the three denominators explained
+    assert text.count("95% Clopper-Pearson") == 1  # the intervals' method, stated once
     for png in digits_run.glob("*.png"):
         assert f"]({png.name})" in text
 
@@ -171,6 +182,42 @@ def test_advrun_report_rebuilds_a_run_report_from_its_files(digits_run, tmp_path
         rebuilt = (copy / name).read_text().replace(str(copy.resolve()), "FOLDER")
         original = (digits_run / name).read_text().replace(str(digits_run.resolve()), "FOLDER")
         assert rebuilt == original
+
+
+def test_a_run_folder_written_before_the_intervals_is_reported_without_them(digits_run, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(digits_run, old)
+    metrics = json.loads((old / "metrics.json").read_text())
+    for key in ("clean_accuracy_ci", "robust_accuracy_ci", "success_rate_ci", "counts", "intervals"):
+        del metrics[key]
+    (old / "metrics.json").write_text(json.dumps(metrics))
+    curve = pd.read_csv(old / "curve.csv")
+    curve.drop(columns=[c for c in curve.columns if c.endswith(("_low", "_high"))] + ["n_robust"]).to_csv(
+        old / "curve.csv", index=False)
+    write_run_report(old)
+    text = (old / "report.md").read_text()
+    headline = markdown_table(text, "Results")
+    assert headline["value"].iloc[0] == f"{100 * metrics['clean_accuracy']:.2f}%"
+    assert headline["denominator"].iloc[0] == f"correct clean predictions / all {metrics['n_eval']} samples"
+    assert markdown_table(text, "Robustness curve")["robust accuracy"].str.fullmatch(r"\d+\.\d\d%").all()
+
+
+def test_the_console_summary_shows_each_rate_with_its_interval():
+    import rich.console
+
+    from advrun.reporting.tables import summary_table
+    from advrun.stats import clopper_pearson
+
+    curve = pd.DataFrame([{"attack": "pgd", "norm": "linf", "eps": 0.1, "robust_accuracy": 0.25, "success_rate": 0.5,
+                           "robust_accuracy_low": 0.1, "robust_accuracy_high": 0.45, "success_rate_low": 0.3,
+                           "success_rate_high": 0.7, "mean_norm": 0.1, "median_norm": 0.1, "time_s": 1.0}])
+    console = rich.console.Console(width=200, record=True)
+    console.print(summary_table(curve, 0.5, 40, "title"))
+    text = console.export_text()
+    low, high = clopper_pearson(20, 40)
+    assert "25.00% [10.0, 45.0]" in text and "50.00% [30.0, 70.0]" in text
+    assert f"clean accuracy 50.00% [{100 * low:.1f}, {100 * high:.1f}] of 40 samples" in text
+    assert "95% Clopper-Pearson" in text
 
 
 def test_the_report_of_a_failed_run_says_why_and_escapes_the_text(digits_run, tmp_path):
