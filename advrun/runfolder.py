@@ -444,6 +444,7 @@ class SweepFolder:
 
     SUMMARY_CSV = "summary.csv"
     SUMMARY_MD = "summary.md"
+    SUMMARY_BY_SEED = "summary_by_seed.csv"
     REPORT = "report.html"
     CURVES = "combined_curves"
     MULTIRUN = "multirun.yaml"  # Hydra's record of the sweep: its config and command line
@@ -455,7 +456,8 @@ class SweepFolder:
         return self.path / name
 
     def summary_files(self) -> list[Path]:
-        return [self.file(self.SUMMARY_CSV), self.file(self.SUMMARY_MD), self.file(self.REPORT)]
+        return [self.file(self.SUMMARY_CSV), self.file(self.SUMMARY_BY_SEED), self.file(self.SUMMARY_MD),
+                self.file(self.REPORT)]
 
     def curves_files(self, formats: tuple[str, ...]) -> list[Path]:
         """The combined curves' figure, one file per format."""
