@@ -81,16 +81,15 @@ def _attack_all(attack: Attack, model, x, y, bounds, batch_size, advance) -> Att
         parts.append(attack(model, x[i : i + batch_size], y[i : i + batch_size], bounds=bounds))
         advance()
     targets = None if parts[0].targets is None else torch.cat([p.targets for p in parts])
-    fooled_by = [getattr(p, "fooled_by", None) for p in parts]  # an ensemble's first successful member
-    result = AttackResult(
+    fooled_by = None if parts[0].fooled_by is None else torch.cat([p.fooled_by for p in parts])
+    return AttackResult(
         x_adv=torch.cat([p.x_adv for p in parts]),
         success=torch.cat([p.success for p in parts]),
         norms=torch.cat([p.norms for p in parts]),
         predictions=torch.cat([p.predictions for p in parts]),
         targets=targets,
+        fooled_by=fooled_by,
     )
-    result.fooled_by = None if any(f is None for f in fooled_by) else torch.cat(fooled_by)
-    return result
 
 
 def _row(attack: Attack, eps: float, y, clean_correct, result: AttackResult, seconds: float) -> dict:
@@ -165,7 +164,7 @@ def per_sample_rows(attack: Attack, run: Attack, budgets: Sequence[float], y: to
         within = attack.within_budget(result.norms, eps)
         norms = result.norms
     fooled = clean_correct & (result.predictions != y) & within
-    members, fooled_by = _members(attack), getattr(result, "fooled_by", None)
+    members, fooled_by = _members(attack), result.fooled_by
     if members is not None and fooled_by is not None:
         fooled_by = [members[i] if i >= 0 else "" for i in fooled_by.tolist()]
     else:
