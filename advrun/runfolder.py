@@ -368,7 +368,7 @@ class RunFolder:
         """The per-sample results (``samples.csv``); ``fooled_by`` is ``""`` where no ensemble member is named."""
         table = self.table(self.PER_SAMPLE)
         if table is not None and "fooled_by" in table.columns:
-            table["fooled_by"] = table["fooled_by"].fillna("").astype(str)
+            table["fooled_by"] = table["fooled_by"].astype(object).fillna("").astype(str)
         return table
 
     def history(self) -> pd.DataFrame | None:
