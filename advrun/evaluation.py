@@ -8,6 +8,8 @@ Three numbers, three denominators:
   targeted attack: initially correct samples whose label is not already the target).
 
 For untargeted attacks ``robust_accuracy = clean_accuracy * (1 - success_rate)`` exactly.
+Each of the three has its 95% Clopper-Pearson interval (:mod:`advrun.stats`) beside it in the
+curve (``*_low``, ``*_high``), computed from the counts of the row.
 
 The kind of the attack (:mod:`advrun.attacks.base`) says how a curve is measured: bounded
 attacks run once per budget; a minimum-norm attack runs once, and at budget eps a sample
@@ -29,21 +31,48 @@ from torch import nn
 from advrun.attacks.base import NORM_QUANTILES, Attack, AttackResult, Bounds
 from advrun.attacks.norms import norm_name
 from advrun.console import progress_bar
+from advrun.stats import clopper_pearson
 from advrun.training import predict
 
+#: The proportions of a curve row with an interval: their count and its denominator.
+PROPORTIONS = {
+    "clean_accuracy": ("n_correct", "n_samples"),
+    "robust_accuracy": ("n_robust", "n_samples"),
+    "success_rate": ("n_success", "n_eligible"),
+}
 CURVE_COLUMNS = [
-    "attack", "norm", "target", "eps", "n_samples", "n_correct", "n_eligible", "n_success",
-    "clean_accuracy", "robust_accuracy", "success_rate", "mean_norm", "median_norm", "time_s", *NORM_QUANTILES,
+    "attack", "norm", "target", "eps", "n_samples", "n_correct", "n_robust", "n_eligible", "n_success",
+    *[column for name in PROPORTIONS for column in (name, f"{name}_low", f"{name}_high")],
+    "mean_norm", "median_norm", "time_s", *NORM_QUANTILES,
+]
+
+
+def intervals(row: dict) -> dict[str, float]:
+    """The 95% Clopper-Pearson interval (``<name>_low``, ``<name>_high``) of every proportion of
+    :data:`PROPORTIONS` whose count and denominator the curve row ``row`` holds."""
+    bounds = {}
+    for name, (count, total) in PROPORTIONS.items():
+        if row.get(count) is not None and row.get(total) is not None:
+            bounds[f"{name}_low"], bounds[f"{name}_high"] = clopper_pearson(row[count], row[total])
+    return bounds
+
+
+#: The per-sample results (``samples.csv``): one row per evaluated sample and attack run.
+SAMPLE_COLUMNS = [
+    "index", "attack", "norm", "eps", "label", "target", "clean_prediction", "adversarial_prediction",
+    "clean_correct", "eligible", "success", "robust", "perturbation_norm", "fooled_by",
 ]
 
 
 @dataclass
 class Evaluation:
-    """The curve (one row per budget, see ``CURVE_COLUMNS``) and, for a minimum-norm attack,
-    one row per sample (label, clean correctness, success, minimal norm)."""
+    """The curve (one row per budget, see ``CURVE_COLUMNS``); for a minimum-norm attack, one row
+    per sample with its minimal norm (``samples``: label, clean correctness, success, norm); and
+    the per-sample results of every attack run (``per_sample``, see :func:`per_sample_rows`)."""
 
     curve: pd.DataFrame
     samples: pd.DataFrame | None = None
+    per_sample: pd.DataFrame | None = None
 
 
 def _attack_all(attack: Attack, model, x, y, bounds, batch_size, advance) -> AttackResult:
@@ -52,12 +81,14 @@ def _attack_all(attack: Attack, model, x, y, bounds, batch_size, advance) -> Att
         parts.append(attack(model, x[i : i + batch_size], y[i : i + batch_size], bounds=bounds))
         advance()
     targets = None if parts[0].targets is None else torch.cat([p.targets for p in parts])
+    fooled_by = None if parts[0].fooled_by is None else torch.cat([p.fooled_by for p in parts])
     return AttackResult(
         x_adv=torch.cat([p.x_adv for p in parts]),
         success=torch.cat([p.success for p in parts]),
         norms=torch.cat([p.norms for p in parts]),
         predictions=torch.cat([p.predictions for p in parts]),
         targets=targets,
+        fooled_by=fooled_by,
     )
 
 
@@ -67,6 +98,7 @@ def _row(attack: Attack, eps: float, y, clean_correct, result: AttackResult, sec
     eligible = clean_correct if result.targets is None else clean_correct & (result.targets != y)
     success = eligible & result.success & within
     n, n_correct, n_eligible, n_success = len(y), int(clean_correct.sum()), int(eligible.sum()), int(success.sum())
+    n_robust = n_correct - int(fooled.sum())
     norms = result.norms[success].double()
     row = {
         "attack": attack.name,
@@ -75,16 +107,17 @@ def _row(attack: Attack, eps: float, y, clean_correct, result: AttackResult, sec
         "eps": float(eps),
         "n_samples": n,
         "n_correct": n_correct,
+        "n_robust": n_robust,
         "n_eligible": n_eligible,
         "n_success": n_success,
         "clean_accuracy": n_correct / n,
-        "robust_accuracy": (n_correct - int(fooled.sum())) / n,
+        "robust_accuracy": n_robust / n,
         "success_rate": n_success / n_eligible if n_eligible else math.nan,
         "mean_norm": norms.mean().item() if n_success else math.nan,
         "median_norm": norms.quantile(0.5).item() if n_success else math.nan,
         "time_s": seconds,
     }
-    return row | attack.curve_fields(result, eligible)
+    return row | intervals(row) | attack.curve_fields(result, eligible)
 
 
 def _samples(attack: Attack, y, clean_correct, result: AttackResult) -> pd.DataFrame | None:
@@ -94,6 +127,57 @@ def _samples(attack: Attack, y, clean_correct, result: AttackResult) -> pd.DataF
         return None
     columns = {"label": y, "clean_correct": clean_correct, **columns}
     return pd.DataFrame({name: values.cpu().numpy() for name, values in columns.items()})
+
+
+def _reads_off_norms(run: Attack, budgets: Sequence[float]) -> bool:
+    """Whether one run of ``run`` gives the rows of the budgets ``budgets`` by its norms (a
+    minimum-norm attack): its output is not bounded by a budget, yet the curve has budgets."""
+    return math.isinf(run.contract_budget) and not any(math.isnan(eps) for eps in budgets)
+
+
+def _members(attack: Attack) -> list[str] | None:
+    """The labels of an ensemble's members (``fooled_by`` indexes them), None for another attack."""
+    members = getattr(attack, "attacks", None)
+    return [member.label for member in members] if isinstance(members, list) else None
+
+
+def per_sample_rows(attack: Attack, run: Attack, budgets: Sequence[float], y: torch.Tensor,
+                    clean_predictions: torch.Tensor, result: AttackResult) -> pd.DataFrame:
+    """One row per sample (``SAMPLE_COLUMNS``) for one run of ``attack`` that gives the curve's rows at ``budgets``.
+
+    A run at one budget (a bounded attack, or one outside the Lp threat model with ``eps`` NaN)
+    gives rows at that budget: ``success`` is the goal reached within it, as :func:`_row` counts.
+    A minimum-norm attack's single run gives rows with ``eps`` NaN: ``success`` is the goal reached
+    at all and ``perturbation_norm`` the minimal norm (inf where it failed), so the sample counts
+    at budget eps when it succeeded with ``attack.within_budget(norm, eps)``. ``eligible``: the
+    samples whose successes the success rate counts; ``robust``: correct both clean and under the
+    attack (within the row's budget; for a minimum-norm attack, at any budget).
+    """
+    clean_correct = clean_predictions == y
+    eligible = clean_correct if result.targets is None else clean_correct & (result.targets != y)
+    if _reads_off_norms(run, budgets):
+        eps = math.nan
+        within = torch.ones_like(result.success)
+        norms = torch.where(result.success, result.norms, torch.inf)
+    else:
+        eps = float(budgets[0])
+        within = attack.within_budget(result.norms, eps)
+        norms = result.norms
+    fooled = clean_correct & (result.predictions != y) & within
+    members, fooled_by = _members(attack), result.fooled_by
+    if members is not None and fooled_by is not None:
+        fooled_by = [members[i] if i >= 0 else "" for i in fooled_by.tolist()]
+    else:
+        fooled_by = ""
+    columns = {
+        "index": torch.arange(len(y)), "attack": attack.name, "norm": norm_name(attack.norm), "eps": eps, "label": y,
+        "target": result.targets if result.targets is not None else None,
+        "clean_prediction": clean_predictions, "adversarial_prediction": result.predictions,
+        "clean_correct": clean_correct, "eligible": eligible, "success": result.success & within,
+        "robust": clean_correct & ~fooled, "perturbation_norm": norms, "fooled_by": fooled_by,
+    }
+    return pd.DataFrame({name: value.cpu().numpy() if isinstance(value, torch.Tensor) else value
+                         for name, value in columns.items()}, columns=SAMPLE_COLUMNS, index=range(len(y)))
 
 
 def robustness_curve(
@@ -106,15 +190,17 @@ def robustness_curve(
     bounds: Bounds,
     batch_size: int,
 ) -> Evaluation:
-    """Evaluate ``attack`` on ``(x, y)`` at every budget in ``epsilons``.
+    """Evaluate ``attack`` on ``(x, y)`` at every budget in ``epsilons``: the curve, and the
+    per-sample results of every run (:func:`per_sample_rows`; ``index`` is the position in ``x``).
 
     ``mean_norm`` and ``median_norm`` summarise the perturbations of the successful
     adversarial examples at that budget (NaN when there are none); minimum-norm attacks
     add the quantiles ``norm_q*`` of all their successful minimal norms.
     """
-    clean_correct = predict(model, x, batch_size).eq(y)
+    clean_predictions = predict(model, x, batch_size)
+    clean_correct = clean_predictions.eq(y)
     runs = attack.curve_runs(epsilons)
-    rows = []
+    rows, per_sample = [], []
     samples = None
     with progress_bar() as bar:
         task = bar.add_task(f"attack {attack.label}", total=len(runs) * math.ceil(len(x) / batch_size))
@@ -124,4 +210,6 @@ def robustness_curve(
             seconds = time.perf_counter() - start
             rows += [_row(attack, eps, y, clean_correct, result, seconds) for eps in budgets]
             samples = _samples(attack, y, clean_correct, result)
-    return Evaluation(pd.DataFrame(rows, columns=CURVE_COLUMNS), samples)
+            per_sample.append(per_sample_rows(attack, run, budgets, y, clean_predictions, result))
+    return Evaluation(pd.DataFrame(rows, columns=CURVE_COLUMNS), samples,
+                      pd.concat(per_sample, ignore_index=True))

@@ -34,13 +34,14 @@ from advrun.config import build, check_optimizer, epsilons_from, resolve_device,
 from advrun.console import results
 from advrun.data import Dataset, load_dataset
 from advrun.errors import AdvrunError, ConfigError, OutputError, keyed
-from advrun.evaluation import CURVE_COLUMNS, robustness_curve
+from advrun.evaluation import CURVE_COLUMNS, intervals, robustness_curve
 from advrun.models import Classifier
 from advrun.reporting import plots
 from advrun.reporting.figures import model_figures
 from advrun.reporting.report import write_run_report
-from advrun.reporting.tables import summary_table
+from advrun.reporting.tables import clean_summary, summary_table
 from advrun.runfolder import Metrics, RunFolder, RunResult
+from advrun.stats import METHOD
 from advrun.training import HISTORY_COLUMNS, CorruptCheckpoint, NonFiniteLoss, accuracy, batch_starts, train
 from advrun.versions import git_commit, versions
 
@@ -153,11 +154,12 @@ def certified_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: fl
     accuracies = certify.certified_accuracy(radii, epsilons)
     seconds = time.perf_counter() - start
     proven = radii[radii > 0]
-    return pd.DataFrame([{
+    rows = [{
         "attack": "certified", "norm": norm_name(norm), "eps": float(eps), "n_samples": len(x),
-        "robust_accuracy": accuracy, "median_norm": float(proven.median()) if len(proven) else math.nan,
-        "time_s": seconds,
-    } for eps, accuracy in zip(epsilons, accuracies)], columns=CURVE_COLUMNS)
+        "n_robust": round(accuracy * len(x)), "robust_accuracy": accuracy,
+        "median_norm": float(proven.median()) if len(proven) else math.nan, "time_s": seconds,
+    } for eps, accuracy in zip(epsilons, accuracies)]
+    return pd.DataFrame([row | intervals(row) for row in rows], columns=CURVE_COLUMNS)
 
 
 def audit_evaluation(plan: "RunPlan", x: torch.Tensor, y: torch.Tensor, evaluation) -> list[audit.Check]:
@@ -277,7 +279,8 @@ class RunPlan:
         return f"{self.data.name} / {_describe(self.model)} / defense {_describe(self.defense)}"
 
     def evaluation_set(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first ``eval.n_samples`` test samples (all of them by default)."""
+        """The first ``eval.n_samples`` test samples (all of them by default): a sample's position here
+        is its position in the test set ``data.x_test`` (``index`` in ``samples.csv``)."""
         n = self.cfg.eval.n_samples or len(self.data.x_test)
         return self.data.x_test[:n], self.data.y_test[:n]
 
@@ -321,10 +324,11 @@ def plan(cfg: DictConfig, output_dir: str | Path) -> RunPlan:
 @dataclass
 class Evaluated:
     """What the evaluation attack found: the curve (with certified rows), the minimal norms per
-    sample of a minimum-norm attack, the audit, and the images the attack made."""
+    sample of a minimum-norm attack, the per-sample results, the audit, and the images the attack made."""
 
     curve: pd.DataFrame
     samples: pd.DataFrame | None
+    per_sample: pd.DataFrame | None
     checks: list[audit.Check] | None
     audit_s: float
     images: dict[str, torch.Tensor]
@@ -342,7 +346,8 @@ def evaluate(plan: RunPlan, x: torch.Tensor, y: torch.Tensor) -> Evaluated:
         curve = pd.concat([curve, certified], ignore_index=True)
     start = time.perf_counter()
     checks = audit_evaluation(plan, x, y, evaluation) if plan.audit else None
-    return Evaluated(curve, evaluation.samples, checks, time.perf_counter() - start, attack.artifacts())
+    return Evaluated(curve, evaluation.samples, evaluation.per_sample, checks, time.perf_counter() - start,
+                     attack.artifacts())
 
 
 def draw_figures(plan: RunPlan, history: pd.DataFrame, evaluated: Evaluated | None, x: torch.Tensor,
@@ -390,6 +395,7 @@ def execute(plan: RunPlan) -> RunResult:
                     "class_names": data.class_names, "bounds": list(data.bounds)},
         curve=None if evaluated is None else evaluated.curve,
         samples=None if evaluated is None else evaluated.samples,
+        per_sample=None if evaluated is None else evaluated.per_sample,
         audit=None if evaluated is None or evaluated.checks is None else audit.checks_to_records(evaluated.checks),
         images={} if evaluated is None else evaluated.images,
     )
@@ -405,6 +411,7 @@ def run_metrics(plan: RunPlan, history: pd.DataFrame, clean: float, n_eval: int,
         final_train_loss=float(history["loss"].iloc[-1]) if len(history) else math.nan,
         seed=cfg.seed, seeds=seeds(cfg.seed), deterministic=bool(cfg.get("deterministic", False)),
         device=str(plan.device), versions=versions(), git_commit=git_commit(),
+        counts={"n_correct": round(clean * n_eval)},
     )
     if evaluated is not None:
         curve = evaluated.curve
@@ -412,6 +419,8 @@ def run_metrics(plan: RunPlan, history: pd.DataFrame, clean: float, n_eval: int,
         certified = curve[(curve["attack"] == "certified") & (curve["eps"] == attack.eps)]
         if len(certified):
             metrics.certified_accuracy = float(certified["robust_accuracy"].iloc[0])
+            metrics.counts["n_certified"] = int(certified["n_robust"].iloc[0])
+        metrics.counts.update({count: int(headline[count]) for count in ("n_robust", "n_eligible", "n_success")})
         metrics.attack, metrics.norm = attack.name, norm_name(attack.norm)
         metrics.eps = attack.headline_eps
         metrics.robust_accuracy = float(headline["robust_accuracy"])
@@ -419,6 +428,7 @@ def run_metrics(plan: RunPlan, history: pd.DataFrame, clean: float, n_eval: int,
         metrics.curve = json.loads(curve.drop(columns="time_s").to_json(orient="records"))
         if evaluated.checks is not None:
             metrics.audit = audit.summary(evaluated.checks)
+    metrics.add_intervals()
     return metrics
 
 
@@ -431,8 +441,8 @@ def print_summary(plan: RunPlan, result: RunResult) -> None:
         if result.audit is not None:
             results.print(audit.audit_table([audit.Check(**record) for record in result.audit]))
     else:
-        results.print(f"{plan.title}: clean accuracy {100 * metrics.clean_accuracy:.2f}% on {metrics.n_eval} "
-                      "test samples (no attack)")
+        results.print(f"{plan.title}: {clean_summary(metrics.clean_accuracy, metrics.n_eval)} (no attack; "
+                      f"in brackets the {METHOD}, in %)")
 
 
 def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
@@ -466,16 +476,19 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
 
 @dataclass
 class Run:
-    """A finished run reloaded from disk by :func:`load_run`."""
+    """A finished run reloaded from disk by :func:`load_run`; ``samples``: its per-sample results
+    (``samples.csv``, one row per evaluated sample and attack run), None without an attack."""
 
     path: Path
     model: nn.Module
     config: DictConfig
     metrics: dict[str, Any] | None
+    samples: pd.DataFrame | None = None
 
 
 def load_run(path: str | Path) -> Run:
-    """Reload a finished run: its model (eval mode, on the CPU), resolved config and metrics.
+    """Reload a finished run: its model (eval mode, on the CPU), resolved config, metrics and
+    per-sample results.
 
     The weights load as ``model.checkpoint`` does (:mod:`advrun.checkpoints`): ``weights_only=True``,
     no arbitrary unpickling, shapes and finite values checked.
@@ -493,7 +506,7 @@ def load_run(path: str | Path) -> Run:
     load_weights(model, folder.weights, key="path")
     model.eval()
     metrics = folder.json(RunFolder.METRICS) if folder.metrics() is not None else None  # checked, then as written
-    return Run(path=folder.path, model=model, config=config, metrics=metrics)
+    return Run(path=folder.path, model=model, config=config, metrics=metrics, samples=folder.per_sample())
 
 
 __all__ = ["Run", "RunPlan", "build_attack", "build_model", "execute", "load_run", "plan", "run", "seed_everything"]

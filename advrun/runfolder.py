@@ -7,6 +7,7 @@ A run folder holds, when the run finished (written in this order, ``metrics.json
     model.json, model.pt    the model's shape and classes; its weights (``state_dict``)
     training.csv            one row per epoch
     curve.csv, norms.csv    the robustness curve; minimal norms per sample (minimum-norm attacks)
+    samples.csv             the per-sample results: one row per evaluated sample and attack run
     audit.json              the evaluation audit
     <figure>.png / .svg     the figures; <artifact>.png images an attack made (a patch)
     metrics.json            the headline numbers (:class:`Metrics`): its presence marks finished results
@@ -49,6 +50,16 @@ DENOMINATORS = {
     "robust_accuracy": "samples correct both clean and under attack / n_eval",
     "success_rate": "initially correct samples the attack fooled / initially correct samples",
 }
+#: How ``metrics.json`` states the intervals of its accuracies (the ``*_ci`` keys), beside them.
+INTERVALS = ("95% Clopper-Pearson (exact binomial) confidence interval [low, high] of each proportion over its "
+             "denominator, from the counts")
+#: Per proportion of ``metrics.json``: its interval's key, and the keys of ``counts`` it is counted from.
+PROPORTIONS = {
+    "clean_accuracy": ("clean_accuracy_ci", "n_correct", "n_eval"),
+    "robust_accuracy": ("robust_accuracy_ci", "n_robust", "n_eval"),
+    "success_rate": ("success_rate_ci", "n_success", "n_eligible"),
+    "certified_accuracy": ("certified_accuracy_ci", "n_certified", "n_eval"),
+}
 
 
 @dataclass
@@ -58,6 +69,11 @@ class Metrics:
     The attack's fields (``attack`` to ``curve``) are None for a run without an attack;
     ``eps`` is None for an attack outside the Lp threat model; ``certified_accuracy`` is there
     when the model was certified; ``audit`` holds the audit's counts when it ran.
+
+    Each accuracy and success rate has its 95% Clopper-Pearson interval ``<name>_ci`` (``[low,
+    high]``), and ``counts`` the numbers of samples it is counted from (``n_correct``,
+    ``n_robust``, ``n_eligible``, ``n_success``, ``n_certified``: see :data:`PROPORTIONS`).
+    Files written before they existed lack them: they read back as None and ``{}``.
     """
 
     dataset: str
@@ -73,6 +89,11 @@ class Metrics:
     robust_accuracy: float | None = None
     success_rate: float | None = None
     certified_accuracy: float | None = None
+    clean_accuracy_ci: list[float] | None = None
+    robust_accuracy_ci: list[float] | None = None
+    success_rate_ci: list[float] | None = None
+    certified_accuracy_ci: list[float] | None = None
+    counts: dict[str, int] = field(default_factory=dict)
     curve: list[dict[str, Any]] | None = None
     seed: int | None = None
     seeds: dict[str, int] = field(default_factory=dict)
@@ -90,13 +111,15 @@ class Metrics:
         **{name: (int, float, None) for name in ("clean_accuracy", "test_accuracy", "final_train_loss", "eps",
                                                   "robust_accuracy", "success_rate", "certified_accuracy")},
         **{name: (str, None) for name in ("dataset", "attack", "norm", "device", "git_commit")},
-        **{name: (dict,) for name in ("seeds", "versions", "training", "timings")},
+        **{name: (dict,) for name in ("seeds", "versions", "training", "timings", "counts")},
+        **{interval: (list, None) for interval, _, _ in PROPORTIONS.values()},
         "audit": (dict, None), "curve": (list, None), "seed": (int, None), "deterministic": (bool,),
     }
     #: Fields left out of ``metrics.json`` while they are None.
-    _OPTIONAL: ClassVar[tuple[str, ...]] = ("certified_accuracy", "audit")
+    _OPTIONAL: ClassVar[tuple[str, ...]] = ("certified_accuracy", "certified_accuracy_ci", "audit")
     #: Fields of the attack, left out together when there is none.
-    _ATTACK: ClassVar[tuple[str, ...]] = ("norm", "eps", "robust_accuracy", "success_rate", "curve")
+    _ATTACK: ClassVar[tuple[str, ...]] = ("norm", "eps", "robust_accuracy", "success_rate", "robust_accuracy_ci",
+                                          "success_rate_ci", "curve")
 
     def to_json(self) -> dict[str, Any]:
         """The record written as ``metrics.json`` (with the denominators of its accuracies)."""
@@ -108,6 +131,7 @@ class Metrics:
             for name in self._ATTACK:
                 del record[name]
         record["denominators"] = dict(DENOMINATORS)
+        record["intervals"] = INTERVALS
         return record
 
     @classmethod
@@ -130,6 +154,29 @@ class Metrics:
             raise AdvrunError(source, f"is not advrun's metrics: wrong type of {', '.join(wrong)}")
         return cls(**{k: v for k, v in record.items() if k in names})
 
+    def add_intervals(self) -> None:
+        """Set the interval of every proportion whose count ``counts`` holds (:func:`advrun.stats.clopper_pearson`)."""
+        from advrun.stats import clopper_pearson
+
+        for name, (interval, _, _) in PROPORTIONS.items():
+            counted = self.count(name)
+            if counted is not None:
+                setattr(self, interval, list(clopper_pearson(*counted)))
+
+    def interval(self, name: str) -> tuple[float, float] | None:
+        """The 95% interval of the proportion ``name`` (a key of :data:`PROPORTIONS`), None where
+        ``metrics.json`` holds none (no such number, or written before intervals were)."""
+        bounds = getattr(self, PROPORTIONS[name][0])
+        return (float(bounds[0]), float(bounds[1])) if isinstance(bounds, list) and len(bounds) == 2 else None
+
+    def count(self, name: str) -> tuple[int, int] | None:
+        """``(count, denominator)`` of the proportion ``name``, None where ``counts`` lacks it."""
+        _, count, total = PROPORTIONS[name]
+        denominator = self.n_eval if total == "n_eval" else self.counts.get(total)
+        if count not in self.counts or denominator is None:
+            return None
+        return int(self.counts[count]), int(denominator)
+
     def headline(self) -> float:
         """The number a sweeper optimises: robust accuracy, or clean accuracy without an attack."""
         return self.clean_accuracy if self.robust_accuracy is None else self.robust_accuracy
@@ -147,13 +194,16 @@ def _is_one_of(value: Any, kinds: tuple) -> bool:
 @dataclass
 class RunResult:
     """Everything a run produced, as typed fields: what :meth:`RunFolder.write` writes and
-    :meth:`RunFolder.read` reads back (``weights``, ``images`` and ``figures`` are written only)."""
+    :meth:`RunFolder.read` reads back (``weights``, ``images`` and ``figures`` are written only).
+    ``samples``: a minimum-norm attack's minimal norms (``norms.csv``); ``per_sample``: the
+    per-sample results of every attack run (``samples.csv``)."""
 
     metrics: Metrics
     history: pd.DataFrame
     model_info: dict[str, Any] = field(default_factory=dict)
     curve: pd.DataFrame | None = None
     samples: pd.DataFrame | None = None
+    per_sample: pd.DataFrame | None = None
     audit: list[dict[str, str]] | None = None
     weights: dict[str, Any] | None = None
     images: dict[str, Any] = field(default_factory=dict)
@@ -172,6 +222,7 @@ class RunFolder:
     TRAINING = "training.csv"
     CURVE = "curve.csv"
     NORMS = "norms.csv"
+    PER_SAMPLE = "samples.csv"
     AUDIT = "audit.json"
     ERROR = "error.txt"
     TRACEBACK = "traceback.txt"
@@ -246,6 +297,8 @@ class RunFolder:
             io.write_csv(self.file(self.CURVE), result.curve.drop(columns="time_s", errors="ignore"))
         if result.samples is not None:
             io.write_csv(self.file(self.NORMS), result.samples)
+        if result.per_sample is not None:
+            io.write_csv(self.file(self.PER_SAMPLE), result.per_sample)
         if result.audit is not None:
             io.write_json(self.file(self.AUDIT), result.audit)
         for stem, formats in result.figures.items():
@@ -282,7 +335,7 @@ class RunFolder:
         history = self.table(self.TRAINING)
         return RunResult(metrics=metrics, history=history if history is not None else pd.DataFrame(),
                          model_info=self.json(self.MODEL_INFO) or {}, curve=self.table(self.CURVE),
-                         samples=self.table(self.NORMS), audit=self.audit())
+                         samples=self.table(self.NORMS), per_sample=self.per_sample(), audit=self.audit())
 
     def json(self, name: str) -> Any:
         """The JSON file ``name`` of the folder; None (with a warning) when it is missing or unreadable."""
@@ -310,6 +363,13 @@ class RunFolder:
 
     def curve(self) -> pd.DataFrame | None:
         return self.table(self.CURVE)
+
+    def per_sample(self) -> pd.DataFrame | None:
+        """The per-sample results (``samples.csv``); ``fooled_by`` is ``""`` where no ensemble member is named."""
+        table = self.table(self.PER_SAMPLE)
+        if table is not None and "fooled_by" in table.columns:
+            table["fooled_by"] = table["fooled_by"].astype(object).fillna("").astype(str)
+        return table
 
     def history(self) -> pd.DataFrame | None:
         return self.table(self.TRAINING)
@@ -384,6 +444,7 @@ class SweepFolder:
 
     SUMMARY_CSV = "summary.csv"
     SUMMARY_MD = "summary.md"
+    SUMMARY_BY_SEED = "summary_by_seed.csv"
     REPORT = "report.html"
     CURVES = "combined_curves"
     MULTIRUN = "multirun.yaml"  # Hydra's record of the sweep: its config and command line
@@ -395,7 +456,8 @@ class SweepFolder:
         return self.path / name
 
     def summary_files(self) -> list[Path]:
-        return [self.file(self.SUMMARY_CSV), self.file(self.SUMMARY_MD), self.file(self.REPORT)]
+        return [self.file(self.SUMMARY_CSV), self.file(self.SUMMARY_BY_SEED), self.file(self.SUMMARY_MD),
+                self.file(self.REPORT)]
 
     def curves_files(self, formats: tuple[str, ...]) -> list[Path]:
         """The combined curves' figure, one file per format."""

@@ -30,6 +30,7 @@ def test_three_denominators(make_cfg, tmp_path):
     n = curve["n_samples"]
     assert (curve["clean_accuracy"] == curve["n_correct"] / n).all()
     assert (curve["robust_accuracy"] == (curve["n_correct"] - curve["n_success"]) / n).all()
+    assert (curve["robust_accuracy"] == curve["n_robust"] / n).all()
     assert (curve["success_rate"] == curve["n_success"] / curve["n_correct"]).all()
     pd.testing.assert_series_equal(
         curve["robust_accuracy"], curve["clean_accuracy"] * (1 - curve["success_rate"]), check_names=False
@@ -47,9 +48,39 @@ def test_metrics_record_the_run(make_cfg, tmp_path):
     assert "git_commit" in saved and len(saved["curve"]) == len(pd.read_csv(tmp_path / "curve.csv"))
     headline = [row for row in saved["curve"] if row["eps"] == saved["eps"]][0]
     assert saved["robust_accuracy"] == pytest.approx(headline["robust_accuracy"])
+    from advrun.stats import clopper_pearson
+
+    counts = saved["counts"]
+    assert counts == {"n_correct": headline["n_correct"], "n_robust": headline["n_robust"],
+                      "n_eligible": headline["n_eligible"], "n_success": headline["n_success"]}
+    assert saved["clean_accuracy_ci"] == pytest.approx(clopper_pearson(counts["n_correct"], saved["n_eval"]))
+    assert saved["robust_accuracy_ci"] == pytest.approx([headline["robust_accuracy_low"],
+                                                          headline["robust_accuracy_high"]])
+    assert saved["success_rate_ci"] == pytest.approx(clopper_pearson(counts["n_success"], counts["n_eligible"]))
     history = pd.read_csv(tmp_path / "training.csv")
     assert list(history["epoch"]) == [1, 2] and {"loss", "train_accuracy", "test_accuracy"} <= set(history)
     assert metrics["test_accuracy"] == history["test_accuracy"].iloc[-1]
+
+
+def test_samples_csv_holds_every_sample_at_every_budget_as_the_curve_counts_them(make_cfg, tmp_path):
+    experiment.run(make_cfg(*TINY, "attack.steps=2", "eval.epsilons=[0,0.1,0.2]", "eval.n_samples=40"), tmp_path)
+    curve = pd.read_csv(tmp_path / "curve.csv")
+    samples = pd.read_csv(tmp_path / "samples.csv")
+    assert len(samples) == 40 * 3 and sorted(set(samples["index"])) == list(range(40))
+    for record in curve.to_dict("records"):
+        rows = samples[samples["eps"] == record["eps"]]
+        assert (rows["success"] & rows["eligible"]).sum() == record["n_success"]
+        assert rows["robust"].sum() == record["n_robust"] and rows["clean_correct"].sum() == record["n_correct"]
+    run = experiment.load_run(tmp_path)
+    pd.testing.assert_frame_equal(run.samples.drop(columns="fooled_by"), samples.drop(columns="fooled_by"))
+    # index: the position in the run's test set, which the dataset config gives back
+    from advrun.data import load_dataset
+
+    data = load_dataset(experiment.to_container(run.config.dataset))
+    assert samples["label"].head(40).tolist() == data.y_test[torch.tensor(samples["index"].head(40).tolist())].tolist()
+    with torch.no_grad():
+        predicted = run.model(data.x_test[:40]).argmax(1)
+    assert samples["clean_prediction"].head(40).tolist() == predicted.tolist()
 
 
 def test_budgets_follow_the_norm_and_the_headline_eps_joins_the_curve(make_cfg, tmp_path):
@@ -143,6 +174,14 @@ def test_certified_accuracy_is_drawn_next_to_the_attack_and_never_above_it(make_
     assert list(certified.index) == list(attacked.index) and certified.iloc[0] == pytest.approx(attacked.iloc[0])
     assert (certified <= attacked + 1e-12).all() and certified.iloc[1] > 0
     assert metrics["certified_accuracy"] == pytest.approx(certified.loc[metrics["eps"]])
+    rows = curve[curve["attack"] == "certified"]
+    assert (rows["n_robust"] == (rows["robust_accuracy"] * rows["n_samples"]).round()).all()
+    assert (rows["robust_accuracy_low"] <= rows["robust_accuracy"]).all()
+    assert (rows["robust_accuracy"] <= rows["robust_accuracy_high"]).all() and rows["success_rate_low"].isna().all()
+    headline = rows.set_index("eps").loc[metrics["eps"]]
+    assert metrics["counts"]["n_certified"] == headline["n_robust"]
+    assert metrics["certified_accuracy_ci"] == pytest.approx([headline["robust_accuracy_low"],
+                                                               headline["robust_accuracy_high"]])
 
 
 def test_certification_is_skipped_or_refused_where_no_guarantee_exists(make_cfg, tmp_path):

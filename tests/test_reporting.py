@@ -89,6 +89,14 @@ def markdown_table(text: str, heading: str) -> pd.DataFrame:
     return pd.DataFrame(cells[2:], columns=cells[0])
 
 
+def with_interval(k: int, n: int) -> str:
+    """``k / n`` as the reports show it: the percentage, then its 95% Clopper-Pearson interval."""
+    from advrun.stats import clopper_pearson
+
+    low, high = clopper_pearson(k, n)
+    return f"{100 * k / n:.2f}% [{100 * low:.1f}, {100 * high:.1f}]"
+
+
 class _Page(HTMLParser):
     """Tags, attributes and text of an HTML page."""
 
@@ -128,15 +136,18 @@ def test_report_md_tables_hold_the_curve_rows_and_their_denominators(digits_run)
     for row, record in zip(table.to_dict("records"), curve.to_dict("records")):
         # the table writes eps with :g (6 significant digits, <= 5e-6 relative); rel 1e-3 is looser
         assert float(row["eps"]) == pytest.approx(record["eps"], rel=1e-3)
-        robust = (record["n_correct"] - record["n_success"]) / record["n_samples"]  # fooled / all N
-        assert row["robust accuracy"] == f"{100 * robust:.2f}%"
-        assert row["success rate"] == f"{100 * record['n_success'] / record['n_eligible']:.2f}%"
+        robust = record["n_correct"] - record["n_success"]  # robust: correct, and not fooled
+        assert row["robust accuracy"] == with_interval(robust, record["n_samples"])
+        assert row["success rate"] == with_interval(record["n_success"], record["n_eligible"])
         assert (int(row["correct"]), int(row["fooled"])) == (record["n_correct"], record["n_success"])
     metrics = json.loads((digits_run / "metrics.json").read_text())
     headline = markdown_table((digits_run / "report.md").read_text(), "Results")
-    assert headline["value"].iloc[0] == f"{100 * metrics['clean_accuracy']:.2f}%"
+    n_correct = round(metrics["clean_accuracy"] * metrics["n_eval"])
+    assert headline["value"].iloc[0] == with_interval(n_correct, metrics["n_eval"])
+    assert headline["denominator"].iloc[0].endswith(f"({n_correct} / {metrics['n_eval']})")
     text = (digits_run / "report.md").read_text()
     assert "initially correct samples" in text and "all N" in text  # the three denominators explained
+    assert text.count("95% Clopper-Pearson") == 1  # the intervals' method, stated once
     for png in digits_run.glob("*.png"):
         assert f"]({png.name})" in text
 
@@ -171,6 +182,42 @@ def test_advrun_report_rebuilds_a_run_report_from_its_files(digits_run, tmp_path
         rebuilt = (copy / name).read_text().replace(str(copy.resolve()), "FOLDER")
         original = (digits_run / name).read_text().replace(str(digits_run.resolve()), "FOLDER")
         assert rebuilt == original
+
+
+def test_a_run_folder_written_before_the_intervals_is_reported_without_them(digits_run, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(digits_run, old)
+    metrics = json.loads((old / "metrics.json").read_text())
+    for key in ("clean_accuracy_ci", "robust_accuracy_ci", "success_rate_ci", "counts", "intervals"):
+        del metrics[key]
+    (old / "metrics.json").write_text(json.dumps(metrics))
+    curve = pd.read_csv(old / "curve.csv")
+    curve.drop(columns=[c for c in curve.columns if c.endswith(("_low", "_high"))] + ["n_robust"]).to_csv(
+        old / "curve.csv", index=False)
+    write_run_report(old)
+    text = (old / "report.md").read_text()
+    headline = markdown_table(text, "Results")
+    assert headline["value"].iloc[0] == f"{100 * metrics['clean_accuracy']:.2f}%"
+    assert headline["denominator"].iloc[0] == f"correct clean predictions / all {metrics['n_eval']} samples"
+    assert markdown_table(text, "Robustness curve")["robust accuracy"].str.fullmatch(r"\d+\.\d\d%").all()
+
+
+def test_the_console_summary_shows_each_rate_with_its_interval():
+    import rich.console
+
+    from advrun.reporting.tables import summary_table
+    from advrun.stats import clopper_pearson
+
+    curve = pd.DataFrame([{"attack": "pgd", "norm": "linf", "eps": 0.1, "robust_accuracy": 0.25, "success_rate": 0.5,
+                           "robust_accuracy_low": 0.1, "robust_accuracy_high": 0.45, "success_rate_low": 0.3,
+                           "success_rate_high": 0.7, "mean_norm": 0.1, "median_norm": 0.1, "time_s": 1.0}])
+    console = rich.console.Console(width=200, record=True)
+    console.print(summary_table(curve, 0.5, 40, "title"))
+    text = console.export_text()
+    low, high = clopper_pearson(20, 40)
+    assert "25.00% [10.0, 45.0]" in text and "50.00% [30.0, 70.0]" in text
+    assert f"clean accuracy 50.00% [{100 * low:.1f}, {100 * high:.1f}] of 40 samples" in text
+    assert "95% Clopper-Pearson" in text
 
 
 def test_the_report_of_a_failed_run_says_why_and_escapes_the_text(digits_run, tmp_path):
@@ -378,7 +425,8 @@ def test_sweep_summary_lists_every_job_with_its_status(sweep):
     table = markdown_table((sweep / "summary.md").read_text(), "Jobs")
     assert len(table) == 4 and list(table["status"]) == ["ok", "ok", "failed", "incomplete"]
     assert list(table["attack.eps"]) == ["0.05", "0.1", "-1", "0.2"]
-    assert table["robust accuracy"].iloc[0] == f"{100 * frame['robust_accuracy'].iloc[0]:.2f}%"
+    assert table["robust accuracy"].iloc[0] == with_interval(frame["n_robust"].iloc[0], frame["n_eval"].iloc[0])
+    assert "95% Clopper-Pearson" in (sweep / "summary.md").read_text()
     assert "dataset.n_train=240" in (sweep / "summary.md").read_text()  # common overrides stated once
     assert_picture(sweep / "combined_curves.png")
     assert_svg(sweep / "combined_curves.svg")
@@ -438,3 +486,84 @@ def test_ctrl_c_in_advrun_report_is_one_line_and_exit_130(digits_run, monkeypatc
     assert cli.main([str(digits_run)]) == 130
     assert capsys.readouterr().err.strip().splitlines() == [
         f"advrun-report: interrupted (Ctrl-C); run it again to complete the report of {digits_run}"]
+
+
+# ----------------------------------------------------------------------------- over seeds
+
+
+def _job(root: Path, name: str, overrides: list[str], seed: int, n_eval: int, n_correct: int, n_robust: int,
+         n_success: int | None = None) -> None:
+    """A finished job folder with the metrics of the counts given (no training: only the files a summary reads)."""
+    from advrun.runfolder import Metrics, RunFolder
+
+    folder = RunFolder(root / name)
+    folder.write_config(f"seed: {seed}\n")
+    folder.file(RunFolder.OVERRIDES).write_text("".join(f"- {o}\n" for o in overrides))
+    n_success = n_correct - n_robust if n_success is None else n_success
+    metrics = Metrics(dataset="digits", n_train=100, n_test=n_eval, n_eval=n_eval, clean_accuracy=n_correct / n_eval,
+                      attack="pgd", norm="linf", eps=0.1, robust_accuracy=n_robust / n_eval,
+                      success_rate=n_success / n_correct, seed=seed,
+                      counts={"n_correct": n_correct, "n_robust": n_robust, "n_eligible": n_correct,
+                              "n_success": n_success})
+    metrics.add_intervals()
+    (folder.path / "metrics.json").write_text(json.dumps(metrics.to_json()))
+
+
+def test_jobs_that_differ_only_in_their_seed_are_aggregated(tmp_path):
+    from advrun.reporting.sweep import seed_groups
+    from advrun.stats import clopper_pearson
+
+    root = tmp_path / "sweep"
+    robust = {("mlp", 0): 30, ("mlp", 1): 34, ("mlp", 2): 38, ("cnn", 0): 80, ("cnn", 1): 84}
+    for number, ((model, seed), n_robust) in enumerate(robust.items()):
+        _job(root, str(number), [f"model={model}", f"seed={seed}"], seed, 100, 90, n_robust)
+    (root / "9").mkdir()  # a failed job is left out of the groups
+    RunFolder = __import__("advrun.runfolder", fromlist=["RunFolder"]).RunFolder
+    RunFolder(root / "9").write_config("seed: 5\n")
+    RunFolder(root / "9").file(RunFolder.OVERRIDES).write_text("- model=mlp\n- seed=5\n")
+    RunFolder(root / "9").write_error("attack.eps: bad")
+    frame = write_sweep_report(root)
+    assert frame["robust_accuracy_low"].iloc[0] == clopper_pearson(30, 100)[0]
+    groups = pd.read_csv(root / "summary_by_seed.csv", dtype={"seeds": str})
+    pd.testing.assert_frame_equal(groups, seed_groups(frame), check_dtype=False)
+    assert groups["override:model"].tolist() == ["mlp", "cnn"] and groups["n_jobs"].tolist() == [3, 2]
+    assert groups["seeds"].tolist() == ["0 1 2", "0 1"]
+    mlp = groups.iloc[0]
+    assert mlp["robust_accuracy_mean"] == pytest.approx(0.34)
+    assert mlp["robust_accuracy_std"] == pytest.approx(np.std([0.30, 0.34, 0.38], ddof=1))
+    assert mlp["robust_accuracy_pooled"] == pytest.approx(102 / 300)
+    # the seeds share one evaluation set: the interval of one set of 100 samples, not of 300
+    assert (mlp["robust_accuracy_low"], mlp["robust_accuracy_high"]) == pytest.approx(clopper_pearson(34, 100))
+    assert mlp["success_rate_pooled"] == pytest.approx((60 + 56 + 52) / 270)
+    assert groups["clean_accuracy_std"].tolist() == [0.0, 0.0]
+    text = (root / "summary.md").read_text()
+    table = markdown_table(text, "Over seeds")
+    assert table["model"].tolist() == ["mlp", "cnn"] and table["jobs"].tolist() == ["3", "2"]
+    assert table["robust accuracy differs from"].tolist() == ["2", "1"]  # 34% and 82% of 100: far apart
+    assert table["robust accuracy mean ± std"].iloc[0] == "34.00% ± 4.00"
+    assert table["robust accuracy pooled [95% interval]"].iloc[0] == with_interval(34, 100)
+    assert "do not overlap" in text
+
+
+def test_overlapping_intervals_are_not_called_a_difference():
+    from advrun.reporting.sweep import differs_from, seed_groups
+
+    frame = pd.DataFrame({"job": ["0", "1", "2"], "status": ["ok"] * 3, "override:model": ["a", "b", "c"],
+                          "override:seed": ["0"] * 3, "seed": [0] * 3, "n_eval": [100] * 3,
+                          "clean_accuracy": [0.9] * 3, "robust_accuracy": [0.40, 0.47, 0.65], "success_rate": [0.5] * 3,
+                          "n_correct": [90] * 3, "n_robust": [40, 47, 65], "n_eligible": [90] * 3,
+                          "n_success": [50, 43, 25]})
+    groups = seed_groups(frame)
+    assert groups["n_jobs"].tolist() == [1, 1, 1] and groups["robust_accuracy_std"].isna().all()
+    # of 100: 40 [30.3, 50.3] and 47 [36.9, 57.2] overlap, 47 and 65 [54.8, 74.3] too; 40 and 65 do not
+    assert differs_from(groups) == [[3], [], [1]]
+
+
+def test_a_sweep_without_seeds_has_one_group_per_job_and_no_section(sweep):
+    write_sweep_report(sweep)
+    groups = pd.read_csv(sweep / "summary_by_seed.csv")
+    assert groups["n_jobs"].tolist() == [1, 1]  # the two finished jobs
+    assert "## Over seeds" not in (sweep / "summary.md").read_text()
+    table = markdown_table((sweep / "summary.md").read_text(), "Jobs")
+    frame = pd.read_csv(sweep / "summary.csv")
+    assert table["robust accuracy"].iloc[0] == with_interval(int(frame["n_robust"].iloc[0]), int(frame["n_eval"].iloc[0]))

@@ -21,9 +21,11 @@ def _metrics(**extra) -> Metrics:
 def _result(**extra) -> RunResult:
     curve = pd.DataFrame({"attack": ["pgd", "pgd"], "eps": [0.0, 0.1], "robust_accuracy": [0.8, 0.4],
                           "time_s": [0.1, 0.2]})
+    per_sample = pd.DataFrame({"index": [0, 1, 0, 1], "eps": [0.0, 0.0, 0.1, 0.1], "success": [False, False, True, False],
+                               "perturbation_norm": [0.0, 0.0, 0.1, 0.1], "fooled_by": ["", "", "apgd-linf", ""]})
     return RunResult(
         metrics=_metrics(attack="pgd", norm="linf", eps=0.1, robust_accuracy=0.4, success_rate=0.5, **extra),
-        history=pd.DataFrame({"epoch": [1, 2], "loss": [0.5, 0.25]}), curve=curve,
+        history=pd.DataFrame({"epoch": [1, 2], "loss": [0.5, 0.25]}), curve=curve, per_sample=per_sample,
         model_info={"in_shape": [4], "num_classes": 2}, weights={"w": torch.ones(2, 4)},
         audit=[{"name": "monotone", "status": "pass", "reason": "r", "advice": ""}],
         figures={"robustness_curve": {"png": b"\x89PNG fake", "svg": b"<svg/>"}},
@@ -48,6 +50,35 @@ def test_metrics_round_trip_through_json_and_ignore_unknown_keys():
     assert metrics.headline() == 0.4
 
 
+def test_metrics_intervals_follow_from_the_counts_and_leave_with_the_attack():
+    from advrun.stats import clopper_pearson
+
+    metrics = _metrics(attack="pgd", norm="linf", eps=0.1, robust_accuracy=0.4, success_rate=0.5,
+                       counts={"n_correct": 4, "n_robust": 2, "n_eligible": 4, "n_success": 2})
+    metrics.add_intervals()
+    assert metrics.clean_accuracy_ci == list(clopper_pearson(4, 5))
+    assert metrics.robust_accuracy_ci == list(clopper_pearson(2, 5))
+    assert metrics.success_rate_ci == list(clopper_pearson(2, 4))  # over the eligible samples, not n_eval
+    assert metrics.certified_accuracy_ci is None and metrics.interval("certified_accuracy") is None
+    record = json.loads(json.dumps(metrics.to_json()))
+    assert record["robust_accuracy_ci"] == metrics.robust_accuracy_ci and "Clopper-Pearson" in record["intervals"]
+    assert "certified_accuracy_ci" not in record
+    assert Metrics.from_json(record) == metrics and metrics.interval("success_rate") == clopper_pearson(2, 4)
+    plain = _metrics(counts={"n_correct": 4})
+    plain.add_intervals()
+    record = plain.to_json()
+    assert record["clean_accuracy_ci"] == list(clopper_pearson(4, 5))
+    assert not {"robust_accuracy_ci", "success_rate_ci"} & set(record)
+
+
+def test_metrics_written_before_the_intervals_still_read():
+    record = _metrics(attack="pgd", norm="linf", eps=0.1, robust_accuracy=0.4, success_rate=0.5).to_json()
+    for key in ("clean_accuracy_ci", "robust_accuracy_ci", "success_rate_ci", "counts", "intervals"):
+        record.pop(key)
+    metrics = Metrics.from_json(record)
+    assert metrics.counts == {} and metrics.interval("robust_accuracy") is None and metrics.count("success_rate") is None
+
+
 @pytest.mark.parametrize("record, said", [
     ([1, 2], "holds a JSON list"), ("text", "holds a JSON str"), ({"dataset": "digits"}, "n_train, n_test"),
 ])
@@ -67,12 +98,13 @@ def test_write_then_read_gives_the_result_back_and_metrics_json_comes_last(tmp_p
         monkeypatch.setattr(io, name, lambda path, *a, _f=original: (order.append(path.name), _f(path, *a))[1])
     result = _result()
     folder.write(result)
-    assert order[-1] == "metrics.json" and {"model.pt", "model.json", "curve.csv", "audit.json",
+    assert order[-1] == "metrics.json" and {"model.pt", "model.json", "curve.csv", "samples.csv", "audit.json",
                                               "robustness_curve.png", "robustness_curve.svg"} <= set(order)
     back = folder.read()
     assert back.metrics == result.metrics and back.model_info == result.model_info and back.audit == result.audit
     pd.testing.assert_frame_equal(back.history, result.history)
     pd.testing.assert_frame_equal(back.curve, result.curve.drop(columns="time_s"))  # timings live in metrics.json
+    pd.testing.assert_frame_equal(back.per_sample, result.per_sample)  # an empty fooled_by reads back as ""
     assert torch.equal(torch.load(folder.weights, weights_only=True)["w"], torch.ones(2, 4))
     assert [p.name for p in folder.figures()] == ["robustness_curve.png"]
 
@@ -109,7 +141,8 @@ def test_sweep_jobs_are_found_in_job_number_order_whatever_their_names(tmp_path)
 
 
 @pytest.mark.parametrize("field, value", [("clean_accuracy", "x"), ("timings", [1]), ("n_eval", 2.5),
-                                          ("deterministic", 1), ("curve", {"a": 1})])
+                                          ("deterministic", 1), ("curve", {"a": 1}), ("robust_accuracy_ci", 0.5),
+                                          ("counts", [3])])
 def test_metrics_of_the_wrong_type_are_an_error_naming_the_file_and_the_key(field, value):
     record = {**_metrics().to_json(), field: value}
     with pytest.raises(AdvrunError, match=f"wrong type of {field}") as info:

@@ -55,15 +55,16 @@ def _print_summary(frame) -> None:
     from rich.table import Table
 
     from advrun.console import results
-    from advrun.reporting.report import pct
+    from advrun.reporting.sweep import rate
+    from advrun.stats import METHOD
 
-    table = Table(title=f"{len(frame)} jobs")
+    table = Table(title=f"{len(frame)} jobs", caption=f"In brackets: the {METHOD}, in %.")
     for column in ("job", "status", "clean acc", "robust acc", "error"):
         table.add_column(column)
     for record in frame.to_dict("records"):
         style = {"failed": "red", "incomplete": "yellow"}.get(record["status"])
-        table.add_row(str(record["job"]), str(record["status"]), pct(record.get("clean_accuracy")),
-                      pct(record.get("robust_accuracy")), str(record.get("error") or "").split("\n")[0][:80],
+        table.add_row(str(record["job"]), str(record["status"]), rate(record, "clean_accuracy"),
+                      rate(record, "robust_accuracy"), str(record.get("error") or "").split("\n")[0][:80],
                       style=style)
     results.print(table)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -34,6 +35,8 @@ def link(text: str, href: str) -> dict[str, str]:
 
 
 def _is_number(text: str) -> bool:
+    """Whether a cell shows a number: ``0.1``, ``1,234``, ``12.5%``, ``2.0s``, ``73.20% [70.4, 75.9]``."""
+    text = re.sub(r"\s*\[[^\]]*\]$", "", text)  # an interval after the value
     try:
         float(text.rstrip("%s").replace(",", "").strip())
     except ValueError:

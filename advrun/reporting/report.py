@@ -20,6 +20,7 @@ from advrun import io
 from advrun.errors import AdvrunError
 from advrun.reporting.render import figure, render, table
 from advrun.runfolder import FAILED, OK, Metrics, RunFolder
+from advrun.stats import bracketed
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,12 @@ def pct(value: Any) -> str:
     return "-" if _missing(value) else f"{100 * float(value):.2f}%"
 
 
+def pct_ci(value: Any, bounds: tuple[float, float] | None) -> str:
+    """``73.20% [70.4, 75.9]``: a fraction and its interval (:func:`advrun.stats.bracketed`); the
+    fraction alone where there is no interval."""
+    return pct(value) + (bracketed(*bounds) if bounds is not None and not _missing(value) else "")
+
+
 def num(value: Any) -> str:
     """A number in 4 significant digits, ``-`` where there is none."""
     if _missing(value):
@@ -75,18 +82,28 @@ def run_title(path: Path, config: dict) -> str:
 
 def _headline(metrics: Metrics) -> dict:
     n = metrics.n_eval
-    rows = [["clean accuracy", pct(metrics.clean_accuracy), f"correct clean predictions / all {n} samples"]]
+    def value(name: str) -> str:
+        return pct_ci(getattr(metrics, name), metrics.interval(name))
+
+    def counted(name: str, what: str) -> str:
+        counts = metrics.count(name)
+        return what if counts is None else f"{what} ({counts[0]} / {counts[1]})"
+
+    rows = [["clean accuracy", value("clean_accuracy"),
+             counted("clean_accuracy", f"correct clean predictions / all {n} samples")]]
     if metrics.attack:
         budget = "" if metrics.eps is None else f" at eps {num(metrics.eps)}"
         label = f"{metrics.attack} ({metrics.norm}){budget}"
         rows += [
-            [f"robust accuracy, {label}", pct(metrics.robust_accuracy),
-             f"correct both clean and under attack / all {n} samples"],
-            [f"success rate, {label}", pct(metrics.success_rate), "fooled / initially correct samples"],
+            [f"robust accuracy, {label}", value("robust_accuracy"),
+             counted("robust_accuracy", f"correct both clean and under attack / all {n} samples")],
+            [f"success rate, {label}", value("success_rate"),
+             counted("success_rate", "fooled / initially correct samples")],
         ]
         if metrics.certified_accuracy is not None:
-            rows.append([f"certified accuracy{budget}", pct(metrics.certified_accuracy),
-                         f"proven robust / all {n} samples (a lower bound on robust accuracy)"])
+            rows.append([f"certified accuracy{budget}", value("certified_accuracy"),
+                         counted("certified_accuracy", f"proven robust / all {n} samples (a lower bound on robust "
+                                                       "accuracy)")])
     rows.append(["samples", f"{metrics.n_train} training, {metrics.n_test} test, {n} evaluated", ""])
     return table(["result", "value", "denominator"], rows)
 
@@ -105,6 +122,12 @@ def with_times(curve: pd.DataFrame, metrics: Metrics | None) -> pd.DataFrame:
     return curve.merge(timed[keys + ["time_s"]].drop_duplicates(keys), on=keys, how="left")
 
 
+def _bounds(record: dict, name: str) -> tuple[float, float] | None:
+    """The interval of ``name`` in a curve row, None in a ``curve.csv`` written before intervals."""
+    low, high = record.get(f"{name}_low"), record.get(f"{name}_high")
+    return None if _missing(low) or _missing(high) else (float(low), float(high))
+
+
 def curve_table(curve: pd.DataFrame) -> dict:
     """``curve.csv`` as a table: one row per (attack, epsilon), counts beside the rates."""
     quantiles = [c for c in curve.columns if c.startswith("norm_q") and curve[c].notna().any()]
@@ -117,7 +140,8 @@ def curve_table(curve: pd.DataFrame) -> dict:
         row = [str(record.get("attack")), str(record.get("norm"))]
         if targeted:
             row.append("-" if _missing(record.get("target")) else str(record["target"]))
-        row += [num(record.get("eps")), pct(record.get("robust_accuracy")), pct(record.get("success_rate")),
+        row += [num(record.get("eps")), pct_ci(record.get("robust_accuracy"), _bounds(record, "robust_accuracy")),
+                pct_ci(record.get("success_rate"), _bounds(record, "success_rate")),
                 num(record.get("n_correct")) if not certified else "-",
                 num(record.get("n_eligible")) if not certified else "-",
                 num(record.get("n_success")) if not certified else "-",

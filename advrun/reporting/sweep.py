@@ -7,8 +7,12 @@ sweep planned, by its ``multirun.yaml``, that has no folder), so a summary can b
 a sweep that is partial, was interrupted, or was run elsewhere, and a failed job never hides
 the others. :func:`write_sweep_report` writes into the root:
 
-* ``summary.csv``: the job, its status and error, its overrides as columns, its metrics;
-* ``summary.md``: the same as a Markdown table (overrides common to all jobs stated once);
+* ``summary.csv``: the job, its status and error, its overrides as columns, its metrics (each
+  accuracy with its 95% interval, ``<name>_low`` and ``<name>_high``, and the counts behind it);
+* ``summary_by_seed.csv``: the finished jobs that differ only in their ``seed``, aggregated
+  (:func:`seed_groups`): mean and standard deviation over the seeds, the count of jobs, and the
+  95% interval of the pooled proportion;
+* ``summary.md``: the same as Markdown tables (overrides common to all jobs stated once);
 * ``combined_curves.png`` / ``.svg``: robust accuracy against epsilon, one line per finished job;
 * ``report.html``: all of it in one self-contained page, linking each job's own report.
 """
@@ -16,6 +20,7 @@ the others. :func:`write_sweep_report` writes into the root:
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -26,8 +31,9 @@ from advrun import io
 from advrun.reporting import plots
 from advrun.errors import AdvrunError
 from advrun.reporting.render import figure, link, render, table
-from advrun.reporting.report import num, pct
-from advrun.runfolder import FAILED, INCOMPLETE, NOT_STARTED, OK, RunFolder, SweepFolder
+from advrun.reporting.report import num, pct, pct_ci
+from advrun.runfolder import FAILED, INCOMPLETE, NOT_STARTED, OK, PROPORTIONS, RunFolder, SweepFolder
+from advrun.stats import clopper_pearson
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +45,11 @@ SHOWN = ("attack", "norm", "eps", "clean_accuracy", "robust_accuracy", "success_
          "audit_warnings", "total_s")
 #: Columns every summary has, before the overrides.
 LEADING = ("job", "status")
+#: The numbers aggregated over seeds (:func:`seed_groups`): each one's count and denominator in the summary.
+AGGREGATED = {"clean_accuracy": ("n_correct", "n_eval"), "robust_accuracy": ("n_robust", "n_eval"),
+              "success_rate": ("n_success", "n_eligible")}
+#: The override that :func:`seed_groups` aggregates over.
+SEED = "override:seed"
 
 
 def find_jobs(root: str | Path) -> list[Path]:
@@ -73,6 +84,11 @@ def job_record(job: Path, root: Path) -> dict[str, Any]:
             record.update(status=FAILED, error=str(e))
             return record
         record.update({m: getattr(metrics, m) for m in METRICS})
+        for name in PROPORTIONS:
+            bounds = metrics.interval(name)
+            if bounds is not None:
+                record[f"{name}_low"], record[f"{name}_high"] = bounds
+        record.update(metrics.counts)
         record["total_s"] = metrics.timings.get("total_s")
         checks = folder.audit()
         if checks is not None:
@@ -128,9 +144,16 @@ def job_label(row: pd.Series, varying: list[str]) -> str:
     return ", ".join(parts) or str(row["job"])
 
 
-def _cell(column: str, value: Any) -> str:
+def rate(record: dict, name: str) -> str:
+    """The proportion ``name`` of a summary row with its interval (where the row has one)."""
+    low, high = record.get(f"{name}_low"), record.get(f"{name}_high")
+    bounds = None if low is None or high is None or pd.isna(low) or pd.isna(high) else (low, high)
+    return pct_ci(record.get(name), bounds)
+
+
+def _cell(column: str, value: Any, record: dict) -> str:
     if column.endswith("accuracy") or column == "success_rate":
-        return pct(value)
+        return rate(record, column)
     if column == "total_s":
         return "-" if value is None or pd.isna(value) else f"{value:.1f}s"
     if column == "error":
@@ -155,9 +178,88 @@ def summary_table(frame: pd.DataFrame, root: Path, report: str) -> dict:
         cell = link(job, quote(f"{job}/{report}")) if (root / job / report).is_file() else job
         rows.append([cell, str(record["status"]), *[str(record[c]) if isinstance(record[c], str) else "-"
                                                     for c in varying],
-                     *[_cell(c, record.get(c)) for c in metrics], _cell("error", record.get("error"))])
+                     *[_cell(c, record.get(c), record) for c in metrics], _cell("error", record.get("error"), record)])
         kinds.append(str(record["status"]))
     return table(columns, rows, kinds)
+
+
+def _pooled(jobs: pd.DataFrame, name: str) -> tuple[float, float, float]:
+    """The pooled proportion ``name`` of a group of jobs, sum of counts over sum of denominators, and
+    its 95% interval with the sampling error of one evaluation set (the mean count of the mean
+    denominator: the seeds evaluate the same test samples, so pooling them does not shrink the
+    error). The counts of a job written before ``counts`` existed follow from its accuracy and
+    ``n_eval`` (not for the success rate, whose denominator it lacks). NaN where a job has none."""
+    count, total = AGGREGATED[name]
+    denominators = jobs[total] if total in jobs else pd.Series(math.nan, index=jobs.index)
+    counts = jobs[count] if count in jobs else pd.Series(math.nan, index=jobs.index)
+    if total == "n_eval":
+        counts = counts.fillna((jobs[name] * jobs["n_eval"]).round())
+    if counts.isna().any() or denominators.isna().any() or denominators.sum() == 0:
+        return math.nan, math.nan, math.nan
+    low, high = clopper_pearson(counts.mean(), denominators.mean())
+    return counts.sum() / denominators.sum(), low, high
+
+
+def seed_groups(frame: pd.DataFrame) -> pd.DataFrame:
+    """The finished jobs of a summary grouped by their overrides but ``seed``: one row per group
+    (``group``, numbered from 1 in job order, the overrides, ``n_jobs``, ``seeds``), and for each
+    number of :data:`AGGREGATED` its ``_mean`` and ``_std`` (sample standard deviation; NaN for a
+    single job) over the jobs, and ``_pooled``, ``_low``, ``_high`` (:func:`_pooled`). A sweep that
+    does not vary the seed gives one group of one job per finished job."""
+    keys = [c for c in frame.columns if c.startswith("override:") and c != SEED]
+    columns = ["group", *keys, "n_jobs", "seeds",
+               *[f"{name}_{part}" for name in AGGREGATED for part in ("mean", "std", "pooled", "low", "high")]]
+    done = frame[frame["status"] == OK] if "status" in frame else frame.iloc[0:0]
+    rows = []
+    labels = done[keys].astype(object).where(done[keys].notna(), "(unset)").astype(str).agg(tuple, axis=1) \
+        if keys else pd.Series([()] * len(done), index=done.index, dtype=object)
+    for number, label in enumerate(dict.fromkeys(labels), start=1):
+        jobs = done[[other == label for other in labels]]
+        row = {"group": number, **jobs[keys].iloc[0].to_dict(), "n_jobs": len(jobs),
+               "seeds": " ".join(str(int(s)) for s in sorted(jobs["seed"].dropna())) if "seed" in jobs else ""}
+        for name in AGGREGATED:
+            values = jobs[name] if name in jobs else pd.Series(math.nan, index=jobs.index)
+            row[f"{name}_mean"], row[f"{name}_std"] = values.mean(), values.std(ddof=1)
+            row[f"{name}_pooled"], row[f"{name}_low"], row[f"{name}_high"] = _pooled(jobs, name)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def differs_from(groups: pd.DataFrame, name: str = "robust_accuracy") -> list[list[int]]:
+    """Per group, the groups whose 95% interval of ``name`` does not overlap its own: a difference
+    beyond the sampling error of the evaluation set (see :func:`_pooled`)."""
+    low, high = groups[f"{name}_low"].tolist(), groups[f"{name}_high"].tolist()
+    return [[int(groups["group"].iloc[j]) for j in range(len(groups))
+             if j != i and (high[j] < low[i] or low[j] > high[i])] for i in range(len(groups))]
+
+
+def seed_table(groups: pd.DataFrame, frame: pd.DataFrame) -> dict:
+    """The groups of :func:`seed_groups` as a report's table: the overrides that differ between groups,
+    per number its mean, standard deviation and pooled interval, and the groups whose robust accuracy
+    differs beyond chance."""
+    keys = [c for c in groups.columns if c.startswith("override:") and groups[c].fillna("(unset)").nunique() > 1]
+
+    def spread(row: dict, name: str) -> str:
+        if pd.isna(row[f"{name}_mean"]):
+            return "-"
+        std = "" if pd.isna(row[f"{name}_std"]) else f" ± {100 * row[f'{name}_std']:.2f}"
+        return f"{100 * row[f'{name}_mean']:.2f}%{std}"
+
+    columns = ["group", *[k.removeprefix("override:") for k in keys], "jobs", "seeds"]
+    for name in AGGREGATED:
+        label = name.replace("_", " ")
+        columns += [f"{label} mean ± std", f"{label} pooled [95% interval]"]
+    columns.append("robust accuracy differs from")
+    rows = []
+    for row, others in zip(groups.to_dict("records"), differs_from(groups)):
+        cells = [str(row["group"]), *[str(row[k]) if isinstance(row[k], str) else "-" for k in keys],
+                 str(row["n_jobs"]), row["seeds"] or "-"]
+        for name in AGGREGATED:
+            bounds = None if pd.isna(row[f"{name}_low"]) else (row[f"{name}_low"], row[f"{name}_high"])
+            cells += [spread(row, name), pct_ci(row[f"{name}_pooled"], bounds)]
+        cells.append(", ".join(map(str, others)) or "-")
+        rows.append(cells)
+    return table(columns, rows)
 
 
 def combined_curves(frame: pd.DataFrame, root: Path) -> list[tuple[str, pd.DataFrame]]:
@@ -171,9 +273,11 @@ def combined_curves(frame: pd.DataFrame, root: Path) -> list[tuple[str, pd.DataF
     return curves
 
 
-def sweep_context(root: Path, frame: pd.DataFrame, report: str, picture: Path | None) -> dict[str, Any]:
+def sweep_context(root: Path, frame: pd.DataFrame, report: str, picture: Path | None,
+                  groups: pd.DataFrame | None = None) -> dict[str, Any]:
     """What the summary shows, for ``sweep.j2``: job cells link each job's ``report`` (``report.md`` or
-    ``report.html``); ``picture`` is the PNG of the combined curves, if any."""
+    ``report.html``); ``picture`` is the PNG of the combined curves, if any; ``groups`` the jobs
+    aggregated over seeds (:func:`seed_groups`), shown where a group holds more than one job."""
     counts = {s.replace(" ", "_"): int((frame["status"] == s).sum())
               for s in (OK, FAILED, INCOMPLETE, NOT_STARTED)}
     _, common = varying_overrides(frame)
@@ -182,6 +286,7 @@ def sweep_context(root: Path, frame: pd.DataFrame, report: str, picture: Path | 
     return {"title": f"advrun sweep: {root.name}", "folder": str(root.resolve()),
             "counts": {**counts, "total": len(frame)}, "jobs": summary_table(frame, root, report),
             "common": [f"{k}={v}" for k, v in common.items()],
+            "seeds": seed_table(groups, frame) if groups is not None and (groups["n_jobs"] > 1).any() else None,
             "figure": figure(picture, caption, root) if picture is not None else None}
 
 
@@ -198,6 +303,8 @@ def write_sweep_report(root: str | Path, *, rebuild_jobs: bool = False) -> pd.Da
             write_run_report(job.path)
     frame = sweep_summary(root)
     io.write_csv(sweep.file(sweep.SUMMARY_CSV), frame)
+    groups = seed_groups(frame)
+    io.write_csv(sweep.file(sweep.SUMMARY_BY_SEED), groups)
     picture = None
     curves = combined_curves(frame, root) if len(frame) else []
     if curves:
@@ -208,6 +315,6 @@ def write_sweep_report(root: str | Path, *, rebuild_jobs: bool = False) -> pd.Da
             file.unlink(missing_ok=True)
     markdown, page = RunFolder.REPORTS
     for fmt, file, report in (("md", sweep.SUMMARY_MD, markdown), ("html", sweep.REPORT, page)):
-        io.write_text(sweep.file(file), render("sweep.j2", fmt, **sweep_context(root, frame, report, picture)))
+        io.write_text(sweep.file(file), render("sweep.j2", fmt, **sweep_context(root, frame, report, picture, groups)))
     log.info("sweep summary of %d jobs in %s", len(frame), root)
     return frame
