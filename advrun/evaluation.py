@@ -129,19 +129,13 @@ def _samples(attack: Attack, y, clean_correct, result: AttackResult) -> pd.DataF
     return pd.DataFrame({name: values.cpu().numpy() for name, values in columns.items()})
 
 
-def _reads_off_norms(run: Attack, budgets: Sequence[float]) -> bool:
-    """Whether one run of ``run`` gives the rows of the budgets ``budgets`` by its norms (a
-    minimum-norm attack): its output is not bounded by a budget, yet the curve has budgets."""
-    return math.isinf(run.contract_budget) and not any(math.isnan(eps) for eps in budgets)
-
-
 def _members(attack: Attack) -> list[str] | None:
     """The labels of an ensemble's members (``fooled_by`` indexes them), None for another attack."""
     members = getattr(attack, "attacks", None)
     return [member.label for member in members] if isinstance(members, list) else None
 
 
-def per_sample_rows(attack: Attack, run: Attack, budgets: Sequence[float], y: torch.Tensor,
+def per_sample_rows(attack: Attack, budgets: Sequence[float], y: torch.Tensor,
                     clean_predictions: torch.Tensor, result: AttackResult) -> pd.DataFrame:
     """One row per sample (``SAMPLE_COLUMNS``) for one run of ``attack`` that gives the curve's rows at ``budgets``.
 
@@ -155,12 +149,12 @@ def per_sample_rows(attack: Attack, run: Attack, budgets: Sequence[float], y: to
     """
     clean_correct = clean_predictions == y
     eligible = clean_correct if result.targets is None else clean_correct & (result.targets != y)
-    if _reads_off_norms(run, budgets):
+    eps = attack.sample_budget(budgets)
+    if eps is None:  # minimal norms, judged at no budget
         eps = math.nan
         within = torch.ones_like(result.success)
         norms = torch.where(result.success, result.norms, torch.inf)
     else:
-        eps = float(budgets[0])
         within = attack.within_budget(result.norms, eps)
         norms = result.norms
     fooled = clean_correct & (result.predictions != y) & within
@@ -210,6 +204,6 @@ def robustness_curve(
             seconds = time.perf_counter() - start
             rows += [_row(attack, eps, y, clean_correct, result, seconds) for eps in budgets]
             samples = _samples(attack, y, clean_correct, result)
-            per_sample.append(per_sample_rows(attack, run, budgets, y, clean_predictions, result))
+            per_sample.append(per_sample_rows(attack, budgets, y, clean_predictions, result))
     return Evaluation(pd.DataFrame(rows, columns=CURVE_COLUMNS), samples,
                       pd.concat(per_sample, ignore_index=True))

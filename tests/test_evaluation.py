@@ -207,10 +207,10 @@ def test_the_ensemble_names_the_member_that_fooled_each_sample():
     result = AttackResult(x_adv=torch.zeros(3, 2), success=torch.tensor([True, True, False]),
                           norms=torch.tensor([0.1, 0.05, 0.1]), predictions=torch.tensor([1, 0, 2]),
                           fooled_by=torch.tensor([1, 0, -1]))
-    rows = per_sample_rows(ensemble, ensemble, [0.1], y, y.clone(), result)
+    rows = per_sample_rows(ensemble, [0.1], y, y.clone(), result)
     assert rows["fooled_by"].tolist() == ["pgd-linf", "fgsm-linf", ""]
     result.fooled_by = None  # a result that names no member
-    assert (per_sample_rows(ensemble, ensemble, [0.1], y, y.clone(), result)["fooled_by"] == "").all()
+    assert (per_sample_rows(ensemble, [0.1], y, y.clone(), result)["fooled_by"] == "").all()
 
 
 def test_an_ensemble_run_records_its_first_successful_member_per_sample(trained):

@@ -269,6 +269,11 @@ class Attack:
         """Columns of a curve row beyond the counts (``eligible``: the samples the success rate counts)."""
         return {}
 
+    def sample_budget(self, budgets: Sequence[float]) -> float | None:
+        """The budget at which the per-sample results (``samples.csv``) of one run serving the
+        curve's ``budgets`` are judged; None where the run gives minimal norms, judged at no budget."""
+        raise NotImplementedError
+
     def sample_columns(self, result: AttackResult) -> dict[str, torch.Tensor]:
         """Per-sample columns the evaluation keeps (``norms.csv``), none for most attacks."""
         return {}
@@ -381,6 +386,9 @@ class BoundedAttack(Attack):
     def curve_runs(self, epsilons: Sequence[float]) -> list[tuple[Attack, list[float]]]:
         return [(self.with_eps(float(eps)), [eps]) for eps in epsilons]
 
+    def sample_budget(self, budgets: Sequence[float]) -> float:
+        return float(budgets[0])
+
     def describe_budget(self) -> str:
         return f"eps {self.eps:g}"
 
@@ -412,6 +420,9 @@ class MinimumNormAttack(Attack):
 
     def curve_runs(self, epsilons: Sequence[float]) -> list[tuple[Attack, list[float]]]:
         return [(self, list(epsilons))]
+
+    def sample_budget(self, budgets: Sequence[float]) -> None:
+        return None
 
     def curve_fields(self, result: AttackResult, eligible: torch.Tensor) -> dict[str, float]:
         """The quantiles :data:`NORM_QUANTILES` of the minimal norms of the eligible samples it fooled."""
@@ -464,6 +475,9 @@ class ThreatModelAttack(Attack):
 
     def curve_runs(self, epsilons: Sequence[float]) -> list[tuple[Attack, list[float]]]:
         return [(self, [math.nan])]
+
+    def sample_budget(self, budgets: Sequence[float]) -> float:
+        return math.nan
 
     def within_budget(self, norms: torch.Tensor, eps: float) -> torch.Tensor:
         return torch.ones_like(norms, dtype=torch.bool)
