@@ -25,6 +25,7 @@ TINY_ATTACK = {
     "linear_exact": ["model=logreg"],  # an exact attack on affine models only
     "apgd": ["attack.n_iter=5"],
     "square": ["attack.n_queries=20"],
+    "fab": ["attack.n_iter=3"],
     "ensemble": ["attack.attacks.0.n_iter=3", "attack.attacks.1.n_iter=3", "attack.attacks.1.n_target_classes=2",
                  "attack.attacks.2.n_queries=20"],
 }
