@@ -357,6 +357,18 @@ def test_the_curve_shows_the_robust_accuracy_after_each_member(trained):
     assert curve.iloc[0][after].tolist() == [curve.iloc[0].clean_accuracy] * 3
 
 
+def test_the_report_shows_the_robust_accuracy_after_each_member():
+    import pandas as pd
+
+    from advrun.reporting.report import curve_table
+
+    curve = pd.DataFrame([{"attack": "ensemble", "norm": "linf", "eps": 0.3, "robust_accuracy": 0.8,
+                           "robust_after_apgd-ce-linf": 0.85, "robust_after_fab-t-linf": 0.8}])
+    table = curve_table(curve)
+    text = str(table)
+    assert "robust after apgd-ce-linf" in text and "robust after fab-t-linf" in text and "85.00%" in text
+
+
 def test_ensemble_config_builds_versions_and_custom_lists(make_cfg):
     ensemble = build(make_cfg("attack=ensemble", "attack.norm=2").attack, "attack", eps=0.4)
     assert ensemble.version == "standard" and [type(m) for m in ensemble.attacks] == [APGD, APGD, FAB, Square]
