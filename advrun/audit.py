@@ -58,6 +58,7 @@ from torch import nn
 from advrun.attacks.apgd import APGD
 from advrun.attacks.base import Attack, AttackResult, Bounds, Goal, eval_mode, input_gradient
 from advrun.attacks.ensemble import Ensemble
+from advrun.attacks.fab import FAB
 from advrun.attacks.fgm import FGM
 from advrun.attacks.fgsm import FGSM
 from advrun.attacks.norms import norm_name
@@ -134,7 +135,7 @@ def stronger_attack(attack: Attack) -> Attack | None:
         if attack.random_start and any(f.name == "restarts" and f.init for f in dataclasses.fields(attack)):
             changes["restarts"] = 2 * attack.restarts
         return dataclasses.replace(attack, **changes)
-    if isinstance(attack, APGD):
+    if isinstance(attack, (APGD, FAB)):
         return dataclasses.replace(attack, n_iter=2 * attack.n_iter)
     if isinstance(attack, Square):
         return dataclasses.replace(attack, n_queries=2 * attack.n_queries)

@@ -189,7 +189,8 @@ def robustness_curve(
 
     ``mean_norm`` and ``median_norm`` summarise the perturbations of the successful
     adversarial examples at that budget (NaN when there are none); minimum-norm attacks
-    add the quantiles ``norm_q*`` of all their successful minimal norms.
+    add the quantiles ``norm_q*`` of all their successful minimal norms; other columns an
+    attack adds (``curve_fields``: an ensemble's ``robust_after_*``) follow ``CURVE_COLUMNS``.
     """
     clean_predictions = predict(model, x, batch_size)
     clean_correct = clean_predictions.eq(y)
@@ -205,5 +206,6 @@ def robustness_curve(
             rows += [_row(attack, eps, y, clean_correct, result, seconds) for eps in budgets]
             samples = _samples(attack, y, clean_correct, result)
             per_sample.append(per_sample_rows(attack, budgets, y, clean_predictions, result))
-    return Evaluation(pd.DataFrame(rows, columns=CURVE_COLUMNS), samples,
+    extra = [column for column in dict.fromkeys(k for row in rows for k in row) if column not in CURVE_COLUMNS]
+    return Evaluation(pd.DataFrame(rows, columns=CURVE_COLUMNS + extra), samples,
                       pd.concat(per_sample, ignore_index=True))

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from advrun.attacks import APGD, FGSM, PGD, Ensemble, MinimumNormAttack, Square, lp_norm
+from advrun.attacks import APGD, FAB, FGSM, PGD, Ensemble, Square, ThreatModelAttack, lp_norm
 from advrun.attacks.apgd import checkpoints, dlr_loss, dlr_targeted_loss
 from advrun.attacks.base import Goal
 from advrun.attacks.square import bump, l2_window, square_fraction
@@ -282,12 +282,14 @@ def test_ensemble_is_at_least_as_strong_as_each_member(trained):
 
 def test_ensemble_passes_its_budget_and_checks_its_members():
     ensemble = Ensemble(eps=0.3, norm=2)
-    assert [type(m) for m in ensemble.attacks] == [APGD, APGD, Square]
+    assert ensemble.version == "standard"
+    assert [type(m) for m in ensemble.attacks] == [APGD, APGD, FAB, Square]
     assert [m.loss for m in ensemble.attacks[:2]] == ["ce", "dlr_targeted"] and ensemble.attacks[1].n_target_classes == 9
-    assert ensemble.attacks[2].n_queries == 5000
+    assert ensemble.attacks[2].n_target_classes == 9 and ensemble.attacks[2].n_restarts == 1
+    assert ensemble.attacks[3].n_queries == 5000
     other = ensemble.with_eps(0.7)
-    assert [m.eps for m in other.attacks] == [0.7] * 3 and [m.norm for m in other.attacks] == [2.0] * 3
-    assert [m.eps for m in ensemble.attacks] == [0.3] * 3
+    assert [m.eps for m in other.attacks] == [0.7, 0.7, math.inf, 0.7] and [m.norm for m in other.attacks] == [2.0] * 4
+    assert [m.eps for m in ensemble.attacks] == [0.3, 0.3, math.inf, 0.3]
     with pytest.raises(InvalidValue) as info:
         Ensemble(eps=0.1, attacks=[APGD(eps=0.0), PGD(eps=0.0, norm=2)])
     assert info.value.field == "attacks.1.norm"
@@ -296,22 +298,89 @@ def test_ensemble_passes_its_budget_and_checks_its_members():
     assert info.value.field == "attacks.0.target"
 
     @dataclasses.dataclass
-    class Minimal(MinimumNormAttack):
+    class Rotation(ThreatModelAttack):
         pass
 
-    with pytest.raises(InvalidValue, match="not a bounded Lp attack"):
-        Ensemble(eps=0.1, attacks=[Minimal(eps=None)])
+    with pytest.raises(InvalidValue, match="not an Lp attack"):
+        Ensemble(eps=0.1, attacks=[Rotation(eps=0.0)])
     with pytest.raises(InvalidValue) as info:
         Ensemble(eps=0.1).check_classes(2)
     assert info.value.field == "attacks.1.loss"
 
 
-def test_ensemble_config_builds_members_from_list_overrides(make_cfg):
-    cfg = make_cfg("attack=ensemble", "attack.norm=2", "attack.attacks.0.n_iter=3", "attack.attacks.2.n_queries=20")
-    ensemble = build(cfg.attack, "attack", eps=0.4)
-    assert [type(m) for m in ensemble.attacks] == [APGD, APGD, Square]
-    assert [m.eps for m in ensemble.attacks] == [0.4] * 3 and [m.norm for m in ensemble.attacks] == [2.0] * 3
-    assert ensemble.attacks[0].n_iter == 3 and ensemble.attacks[1].n_iter == 100 and ensemble.attacks[2].n_queries == 20
+def test_ensemble_versions_are_autoattacks():
+    """standard: APGD-CE, APGD-T, FAB-T, Square; plus: APGD-CE, APGD-DLR, FAB (5 restarts each),
+    Square, APGD-T, FAB-T; rand: APGD-CE, APGD-DLR with 20 samples per gradient."""
+    labels = {v: [m.label for m in Ensemble(eps=0.1, version=v).attacks] for v in ("standard", "plus", "rand")}
+    assert labels["standard"] == ["apgd-ce-linf", "apgd-t-linf", "fab-t-linf", "square-linf"]
+    assert labels["plus"] == ["apgd-ce-linf", "apgd-dlr-linf", "fab-linf", "square-linf", "apgd-t-linf", "fab-t-linf"]
+    assert labels["rand"] == ["apgd-ce-linf", "apgd-dlr-linf"]
+    plus = Ensemble(eps=0.1, version="plus").attacks
+    assert [m.n_restarts for m in plus[:3]] == [5, 5, 5] and [m.n_restarts for m in plus[4:]] == [1, 1]
+    assert [m.eot_samples for m in Ensemble(eps=0.1, version="rand").attacks] == [20, 20]
+    assert Ensemble(eps=0.1, attacks=[APGD(eps=0.0)]).version == "custom"
+    for kwargs, field in (({"version": "fast"}, "version"), ({"version": "custom"}, "attacks")):
+        with pytest.raises(InvalidValue) as info:
+            Ensemble(eps=0.1, **kwargs)
+        assert info.value.field == field
+
+
+def test_a_minimum_norm_member_counts_only_within_the_budget(trained):
+    """FAB-T in the ensemble: its points are projected into the ball, so that every sample it fools
+    is fooled within eps, and it fools every sample that FAB-T alone fools within eps."""
+    model, x, y = trained("mlp")
+    x, y = x[:80], y[:80]
+    fab = FAB(n_iter=30, n_target_classes=3)
+    alone = fab(model, x, y)
+    for eps in (0.05, 0.1):
+        result = Ensemble(eps=eps, attacks=[fab])(model, x, y)
+        assert (result.norms <= eps * (1 + 1e-5)).all()
+        assert torch.equal(result.fooled_by == 0, result.success)
+        assert (result.success | ~(alone.success & (alone.norms <= eps))).all()
+        assert 0 < result.success.sum() < alone.success.sum()
+
+
+def test_the_curve_shows_the_robust_accuracy_after_each_member(trained):
+    from advrun.evaluation import robustness_curve
+
+    model, x, y = trained("mlp")
+    x, y = x[:100], y[:100]
+    members = [APGD(eps=0.0, n_iter=10), FAB(n_iter=10, n_target_classes=2), Square(eps=0.0, n_queries=50)]
+    curve = robustness_curve(model, Ensemble(eps=0.1, attacks=members), x, y, [0.0, 0.1], bounds=(0.0, 1.0),
+                             batch_size=40).curve
+    after = ["robust_after_apgd-ce-linf", "robust_after_fab-t-linf", "robust_after_square-linf"]
+    assert list(curve.columns[-3:]) == after
+    for _, row in curve.iterrows():
+        values = row[after].tolist()
+        assert values == sorted(values, reverse=True) and values[0] <= row.clean_accuracy
+        assert values[-1] == pytest.approx(row.robust_accuracy)
+    assert curve.iloc[0][after].tolist() == [curve.iloc[0].clean_accuracy] * 3
+
+
+def test_the_report_shows_the_robust_accuracy_after_each_member():
+    import pandas as pd
+
+    from advrun.reporting.report import curve_table
+
+    curve = pd.DataFrame([{"attack": "ensemble", "norm": "linf", "eps": 0.3, "robust_accuracy": 0.8,
+                           "robust_after_apgd-ce-linf": 0.85, "robust_after_fab-t-linf": 0.8}])
+    table = curve_table(curve)
+    text = str(table)
+    assert "robust after apgd-ce-linf" in text and "robust after fab-t-linf" in text and "85.00%" in text
+
+
+def test_ensemble_config_builds_versions_and_custom_lists(make_cfg):
+    ensemble = build(make_cfg("attack=ensemble", "attack.norm=2").attack, "attack", eps=0.4)
+    assert ensemble.version == "standard" and [type(m) for m in ensemble.attacks] == [APGD, APGD, FAB, Square]
+    assert [m.eps for m in ensemble.attacks] == [0.4, 0.4, math.inf, 0.4] and {m.norm for m in ensemble.attacks} == {2.0}
+    plus = build(make_cfg("attack=ensemble", "attack.version=plus").attack, "attack", eps=0.1)
+    assert len(plus.attacks) == 6
+    members = ("[{_target_: advrun.attacks.APGD, eps: 0.0, norm: '${...norm}', n_iter: 3},"
+               " {_target_: advrun.attacks.FAB, eps: null, norm: '${...norm}', n_iter: 3, n_target_classes: 2}]")
+    custom = build(make_cfg("attack=ensemble", "attack.norm=2", "attack.version=custom", f"attack.attacks={members}").attack,
+                   "attack", eps=0.4)
+    assert [type(m) for m in custom.attacks] == [APGD, FAB] and custom.attacks[0].n_iter == 3
+    assert [m.norm for m in custom.attacks] == [2.0, 2.0] and custom.attacks[1].n_target_classes == 2
 
 
 # --- settings -------------------------------------------------------------------------------
@@ -322,6 +391,7 @@ def test_ensemble_config_builds_members_from_list_overrides(make_cfg):
     (APGD, {"n_target_classes": 0}, "n_target_classes"), (APGD, {"norm": 1}, "norm"),
     (Square, {"n_queries": 0}, "n_queries"), (Square, {"p_init": 0.0}, "p_init"), (Square, {"p_init": 1.5}, "p_init"),
     (Square, {"loss": "dlr"}, "loss"), (Square, {"norm": 1}, "norm"), (Ensemble, {"attacks": []}, "attacks"),
+    (Ensemble, {"version": "plus+"}, "version"),
 ])
 def test_invalid_settings_name_the_field(cls, kwargs, field):
     with pytest.raises(InvalidValue) as info:

@@ -169,7 +169,7 @@ def test_stronger_attack_doubles_iterations_and_restarts():
     assert audit.stronger_attack(bim).iterations == 60 and audit.stronger_attack(bim).restarts == 1
     assert audit.stronger_attack(APGD(n_iter=100)).n_iter == 200
     members = audit.stronger_attack(Ensemble(eps=0.1)).attacks
-    assert [m.n_iter for m in members[:2]] + [members[2].n_queries] == [200, 200, 10000]
+    assert [m.n_iter for m in members[:3]] + [members[3].n_queries] == [200, 200, 200, 10000]  # APGDs, FAB-T, Square
     assert audit.single_step_attack(PGD(eps=0.3, norm=2)).label == "fgm-l2"
     assert audit.whole_box_radius(2.0, (0.0, 1.0), 64) == 8.0 and audit.tolerance(450) == 9
 

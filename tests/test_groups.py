@@ -25,8 +25,11 @@ TINY_ATTACK = {
     "linear_exact": ["model=logreg"],  # an exact attack on affine models only
     "apgd": ["attack.n_iter=5"],
     "square": ["attack.n_queries=20"],
-    "ensemble": ["attack.attacks.0.n_iter=3", "attack.attacks.1.n_iter=3", "attack.attacks.1.n_target_classes=2",
-                 "attack.attacks.2.n_queries=20"],
+    "fab": ["attack.n_iter=3"],
+    "ensemble": ["attack.version=custom",
+                 "attack.attacks=[{_target_: advrun.attacks.APGD, eps: 0.0, n_iter: 3},"
+                 " {_target_: advrun.attacks.FAB, eps: null, n_iter: 3, n_target_classes: 2},"
+                 " {_target_: advrun.attacks.Square, eps: 0.0, n_queries: 20}]"],
 }
 
 

@@ -44,9 +44,13 @@ def test_pgd_matches_the_published_robust_accuracy(reference):
 
 
 def test_ensemble_is_at_least_as_strong_as_autoattack_reports(reference):
+    """The standard version (APGD-CE, APGD-T, FAB-T, Square), as AutoAttack's: at most 83.2%."""
     from advrun.attacks import Ensemble
 
     model, x, y = reference
     row = robustness_curve(model, Ensemble(eps=0.3), x, y, [0.3], bounds=(0.0, 1.0), batch_size=1000).curve.iloc[0]
-    print(f"ensemble, eps 0.3: robust accuracy {100 * row.robust_accuracy:.2f}% (AutoAttack reports 82.93%)")
-    assert row.robust_accuracy <= 0.84
+    after = ", ".join(f"{column.removeprefix('robust_after_')} {100 * row[column]:.2f}%"
+                      for column in row.index if column.startswith("robust_after_"))
+    print(f"ensemble, eps 0.3: robust accuracy {100 * row.robust_accuracy:.2f}% (AutoAttack reports 82.93%); "
+          f"after each member: {after}")
+    assert row.robust_accuracy <= 0.832

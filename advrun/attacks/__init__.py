@@ -33,6 +33,7 @@ _LAZY = {
     "Square": "square",
     "Spatial": "spatial",
     "Patch": "patch",
+    "FAB": "fab",
     "Ensemble": "ensemble",
 }
 

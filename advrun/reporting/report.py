@@ -131,9 +131,11 @@ def _bounds(record: dict, name: str) -> tuple[float, float] | None:
 def curve_table(curve: pd.DataFrame) -> dict:
     """``curve.csv`` as a table: one row per (attack, epsilon), counts beside the rates."""
     quantiles = [c for c in curve.columns if c.startswith("norm_q") and curve[c].notna().any()]
+    members = [c for c in curve.columns if c.startswith("robust_after_") and curve[c].notna().any()]
     targeted = "target" in curve.columns and curve["target"].notna().any()
     columns = (["attack", "norm"] + (["target"] if targeted else []) + ["eps", "robust accuracy", "success rate",
-               "correct", "eligible", "fooled", "mean norm", "median norm"] + quantiles + ["time"])
+               "correct", "eligible", "fooled", "mean norm", "median norm"] + quantiles
+               + [f"robust after {c.removeprefix('robust_after_')}" for c in members] + ["time"])
     rows = []
     for record in curve.to_dict("records"):
         certified = record.get("attack") == "certified"
@@ -147,6 +149,7 @@ def curve_table(curve: pd.DataFrame) -> dict:
                 num(record.get("n_success")) if not certified else "-",
                 num(record.get("mean_norm")), num(record.get("median_norm"))]
         row += [num(record.get(q)) for q in quantiles]
+        row += [pct(record.get(c)) for c in members]
         row.append("-" if _missing(record.get("time_s")) else f"{record['time_s']:.2f}s")
         rows.append(row)
     caption = "correct: initially correct samples; eligible: the success rate's denominator; fooled: its numerator."
@@ -155,6 +158,8 @@ def curve_table(curve: pd.DataFrame) -> dict:
                     "eps (a lower bound on robust accuracy); their median norm is the median proven radius.")
     if quantiles:
         caption += " norm_qN: quantiles of all minimal norms the attack found."
+    if members:
+        caption += " Robust after a member: robust accuracy once the ensemble's members up to that one have run."
     return table(columns, rows, caption=caption)
 
 
