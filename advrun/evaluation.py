@@ -129,12 +129,6 @@ def _samples(attack: Attack, y, clean_correct, result: AttackResult) -> pd.DataF
     return pd.DataFrame({name: values.cpu().numpy() for name, values in columns.items()})
 
 
-def _members(attack: Attack) -> list[str] | None:
-    """The labels of an ensemble's members (``fooled_by`` indexes them), None for another attack."""
-    members = getattr(attack, "attacks", None)
-    return [member.label for member in members] if isinstance(members, list) else None
-
-
 def per_sample_rows(attack: Attack, budgets: Sequence[float], y: torch.Tensor,
                     clean_predictions: torch.Tensor, result: AttackResult) -> pd.DataFrame:
     """One row per sample (``SAMPLE_COLUMNS``) for one run of ``attack`` that gives the curve's rows at ``budgets``.
@@ -158,7 +152,7 @@ def per_sample_rows(attack: Attack, budgets: Sequence[float], y: torch.Tensor,
         within = attack.within_budget(result.norms, eps)
         norms = result.norms
     fooled = clean_correct & (result.predictions != y) & within
-    members, fooled_by = _members(attack), result.fooled_by
+    members, fooled_by = attack.member_labels, result.fooled_by
     if members is not None and fooled_by is not None:
         fooled_by = [members[i] if i >= 0 else "" for i in fooled_by.tolist()]
     else:

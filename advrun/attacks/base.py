@@ -274,6 +274,12 @@ class Attack:
         curve's ``budgets`` are judged; None where the run gives minimal norms, judged at no budget."""
         raise NotImplementedError
 
+    @property
+    def member_labels(self) -> list[str] | None:
+        """The labels of the members that :attr:`AttackResult.fooled_by` indexes (an ensemble's);
+        None for a single attack."""
+        return None
+
     def sample_columns(self, result: AttackResult) -> dict[str, torch.Tensor]:
         """Per-sample columns the evaluation keeps (``norms.csv``), none for most attacks."""
         return {}
@@ -435,6 +441,14 @@ class MinimumNormAttack(Attack):
 
     def describe_budget(self) -> str:
         return "its minimal perturbation"
+
+    def perturb_at_budget(
+        self, model: nn.Module, x: torch.Tensor, goal: Goal, bounds: Bounds, eps: float
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`perturb` as a member of a bounded ensemble at budget ``eps`` (the ensemble projects
+        the points into the eps-ball): the same search unless the attack can use the budget (FAB
+        stops searching a sample once it is within eps)."""
+        return self.perturb(model, x, goal, bounds)
 
     def illustration_eps(self, default: float | None) -> float | None:
         return default

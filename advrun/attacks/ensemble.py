@@ -86,8 +86,8 @@ class Ensemble(BoundedAttack):
     The members attack the ensemble's goal at the ensemble's budget. A bounded member's
     ``eps`` is replaced by the ensemble's (in YAML the members carry a placeholder ``eps: 0.0``),
     at construction and in :meth:`with_eps` for every budget of the curve. A minimum-norm member
-    (FAB-T, say; ``eps: null``) runs at the budget (its ``perturb_at_budget`` where it has one:
-    FAB stops searching a sample once within the budget, as in AutoAttack) and counts only within
+    (FAB-T, say; ``eps: null``) runs at the budget (its ``perturb_at_budget``: FAB stops searching
+    a sample once within the budget, as in AutoAttack) and counts only within
     it: its points are projected into the eps-ball before the model judges them, so a
     perturbation found beyond eps is no success at that budget. Every member's ``norm`` must be
     the ensemble's, and ``target`` is set on the ensemble, never on a member. Members run in
@@ -204,19 +204,22 @@ class Ensemble(BoundedAttack):
                     bounds: Bounds) -> tuple[torch.Tensor, torch.Tensor]:
         """A member's points and logits at the ensemble's budget. A bounded member runs as it is
         (:meth:`Attack.run`, its budget the ensemble's); a minimum-norm one searches at the budget
-        (``perturb_at_budget`` where it has one, else ``perturb``) and its points are projected
+        (:meth:`~MinimumNormAttack.perturb_at_budget`) and its points are projected
         into the eps-ball (and the bounds) before the model judges them: beyond eps, a point is
         no success at this budget."""
         if not isinstance(member, MinimumNormAttack):
             return member.run(model, x, goal, bounds)
         with torch.enable_grad():
-            search = getattr(member, "perturb_at_budget", None)
-            found = search(model, x, goal, bounds, self.eps) if search else member.perturb(model, x, goal, bounds)
+            found = member.perturb_at_budget(model, x, goal, bounds, self.eps)
         found = (found[0] if isinstance(found, tuple) else found).detach()
         x_adv = (x + project(found - x, self.eps, self.norm)).clamp(*bounds)
         check_adversarial(x, x_adv, self.eps, self.norm, bounds, attack=member.label)
         with torch.no_grad():
             return x_adv, model(x_adv)
+
+    @property
+    def member_labels(self) -> list[str]:
+        return [member.label for member in self.attacks]
 
     def curve_fields(self, result: AttackResult, eligible: torch.Tensor) -> dict[str, float]:
         """``robust_after_<member label>`` per member (a repeated label numbered ``_2``, ``_3``, ...):
