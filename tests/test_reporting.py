@@ -211,11 +211,13 @@ def test_the_console_summary_shows_each_rate_with_its_interval():
     curve = pd.DataFrame([{"attack": "pgd", "norm": "linf", "eps": 0.1, "robust_accuracy": 0.25, "success_rate": 0.5,
                            "robust_accuracy_low": 0.1, "robust_accuracy_high": 0.45, "success_rate_low": 0.3,
                            "success_rate_high": 0.7, "mean_norm": 0.1, "median_norm": 0.1, "time_s": 1.0}])
-    console = rich.console.Console(width=200, record=True)
+    console = rich.console.Console(width=80, record=True)
     console.print(summary_table(curve, 0.5, 40, "title"))
     text = console.export_text()
     low, high = clopper_pearson(20, 40)
-    assert "25.00% [10.0, 45.0]" in text and "50.00% [30.0, 70.0]" in text
+    lines = text.splitlines()  # each interval on the line below its rate, whole, in 80 columns
+    row = next(i for i, line in enumerate(lines) if "25.00%" in line)
+    assert "50.00%" in lines[row] and "[10.0, 45.0]" in lines[row + 1] and "[30.0, 70.0]" in lines[row + 1]
     assert f"clean accuracy 50.00% [{100 * low:.1f}, {100 * high:.1f}] of 40 samples" in text
     assert "95% Clopper-Pearson" in text
 

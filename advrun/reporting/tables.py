@@ -19,10 +19,11 @@ def _num(value: float) -> str:
 
 
 def _pct_ci(row: dict, name: str) -> str:
-    """A rate of a curve row with its interval in brackets (where the row has one)."""
+    """A rate of a curve row with its interval in brackets below it (where the row has one), so that
+    the table fits an 80-column terminal."""
     value = row.get(name)
     text = _pct(value)
-    return text if text == "-" else text + bracketed(row.get(f"{name}_low"), row.get(f"{name}_high"))
+    return text if text == "-" else text + bracketed(row.get(f"{name}_low"), row.get(f"{name}_high")).replace(" [", "\n[")
 
 
 def clean_summary(clean_accuracy: float, n_samples: int) -> str:
@@ -37,13 +38,14 @@ def summary_table(curve: pd.DataFrame, clean_accuracy: float, n_samples: int, ti
     table = Table(title=title, caption=(
         f"{clean_summary(clean_accuracy, n_samples)}. Robust accuracy: correct under attack / all {n_samples}. "
         f"Success rate: fooled / initially correct. In brackets: the {METHOD}, in %. "
-        "Norms: of successful perturbations."
+        "Median norm: of the successful perturbations."
     ))
-    for column in ("attack", "eps", "robust acc", "success rate", "mean norm", "median norm", "time"):
-        table.add_column(column, justify="left" if column == "attack" else "right")
+    for column in ("attack", "eps", "robust acc", "success rate", "median norm", "time"):
+        table.add_column(column, justify="left" if column == "attack" else "right",
+                         min_width=len("[100.0, 100.0]") if column in ("robust acc", "success rate") else None)
     for row in curve.to_dict("records"):
         table.add_row(
             f"{row['attack']} ({row['norm']})", f"{row['eps']:g}", _pct_ci(row, "robust_accuracy"),
-            _pct_ci(row, "success_rate"), _num(row["mean_norm"]), _num(row["median_norm"]), f"{row['time_s']:.2f}s",
+            _pct_ci(row, "success_rate"), _num(row["median_norm"]), f"{row['time_s']:.2f}s",
         )
     return table
