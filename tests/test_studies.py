@@ -93,9 +93,10 @@ def test_linear_mnist01_exact_robust_training_meets_the_exact_attack(make_cfg, t
 #: exceed that of the same run with defense=none. Measured over seeds 0-4 (ATEN_CPU_CAPABILITY
 #: avx2, 200 test images; one image is 0.005), defended vs standard robust accuracy at eps 0.1:
 ROBUST_STUDIES = [
-    # seeds 0-4: madry 0.69-0.76 vs standard 0.54-0.665; difference 0.055-0.155 (0.10 at seed 0);
-    # threshold 0.02: margin 0.035 (7 images) below the smallest difference
-    pytest.param("madry_mnist", ["defense.attack.steps=3"], 0.02, id="madry_mnist"),
+    # seeds 0-4 (Madry's training: the training PGD's last iterate; this machine's own kernels):
+    # madry 0.685-0.775 vs standard 0.535-0.665; difference 0.08-0.17 (0.11 at seed 0);
+    # threshold 0.04: margin 0.04 (8 images) below the smallest difference
+    pytest.param("madry_mnist", ["defense.attack.steps=3"], 0.04, id="madry_mnist"),
     # seeds 0-4: trades 0.69-0.775 vs 0.54-0.665; difference 0.095-0.15; margin 0.045. Slow: its TRADES
     # training takes 5-10 times as long as madry's (make test-slow)
     pytest.param("trades_mnist", ["defense.steps=3"], 0.05, id="trades_mnist", marks=pytest.mark.slow),
