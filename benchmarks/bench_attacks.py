@@ -1,5 +1,7 @@
 """advrun's attacks against torchattacks, ART and foolbox: same model, same images, same settings,
-measured in one run. Writes benchmarks/results.md. Run with `make bench`.
+measured in one run. Writes benchmarks/results.md (single attacks) and benchmarks/results_autoattack.md
+(FAB and AutoAttack's standard ensemble against torchattacks'); `--part` runs one of them. Run with
+`make bench`.
 
 Model: the published MNIST model of Wong et al. 2020 (../shared/reference-models, fgsm.pth);
 data: the first N images of the MNIST test set in ../shared/data. Each configuration is timed
@@ -145,7 +147,6 @@ def entries(model, n_classes: int = 10) -> list[Entry]:
     except ImportError:
         pass
     found += suite_entries(model)
-    found += autoattack_entries(model, n_classes)
     return found
 
 
@@ -270,40 +271,25 @@ def measure(entry: Entry, model, x, y, repeats: int) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n", type=int, default=1000, help="MNIST test images (default 1000)")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    weights = SHARED / "reference-models" / "mnist-fast-adversarial" / "fgsm.pth"
-    if not weights.is_file() or not (SHARED / "data" / "MNIST").is_dir():
-        print(f"skipped: the attack benchmark needs {weights} and {SHARED / 'data'}")
-        return
-    torch.manual_seed(0)
-    model = WongMNIST()
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    model.eval()
-    data = load_dataset({"name": "mnist", "root": str(SHARED / "data"), "download": False})
-    x, y = data.x_test[: args.n], data.y_test[: args.n]
-
+def measure_all(found: list[Entry], model, x, y, repeats: int) -> list[tuple[Entry, dict]]:
     results = []
-    for entry in entries(model):
+    for entry in found:
         print(f"{entry.attack:>20} {entry.library:>12} ...", end=" ", flush=True)
-        result = measure(entry, model, x, y, args.repeats)
+        result = measure(entry, model, x, y, repeats)
         results.append((entry, result))
         print(f"{result['images_per_s']:.0f} images/s, robust acc {100 * result['robust_accuracy']:.2f}%")
+    return results
 
-    peak = matmul_gflops()
-    pgd = next(r for e, r in results if e.attack == "PGD" and e.library == "advrun")
-    # one PGD step = one forward + one backward to the input (about the same FLOPs again)
-    pgd_gflops = len(x) * 40 * 2 * forward_flops(model, (1, 28, 28)) / pgd["seconds"] / 1e9
 
+def table(title: str, results: list[tuple[Entry, dict]], n: int, repeats: int) -> list[str]:
+    """The results as a Markdown page: how they were measured, then one row per entry."""
     lines = [
-        "# Attack benchmark: advrun against torchattacks, ART and foolbox",
+        f"# {title}",
         "",
-        f"Same model (Wong et al. 2020 `fgsm.pth`, MNIST), same {len(x)} MNIST test images, same settings, one run. "
+        f"Same model (Wong et al. 2020 `fgsm.pth`, MNIST), same MNIST test images (the first {n}, fewer where "
+        "a row says so), same settings, one run. "
         f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads). "
-        f"Medians of {args.repeats} timed calls made back to back after a full-size warm-up call "
+        f"Medians of {repeats} timed calls made back to back after a full-size warm-up call "
         "(one call where the warm-up took over 20 s), each configuration started on an idle machine "
         "(1-minute load average below 0.6). Times cover the "
         "adversarial examples and the model's decision on them (advrun returns it; for the peers one "
@@ -326,15 +312,47 @@ def main() -> None:
             f"{ratio:.2f} | {robust} | {100 * result['success_rate']:.1f}% | {result['median_norm']:.4f} | "
             f"{per_iteration} | {result['load']:.2f} |"
         )
-    lines += [
-        "",
-        f"Machine float32 matmul throughput (1024x1024): {peak:.1f} GFLOP/s. advrun PGD achieves about "
-        f"{pgd_gflops:.1f} GFLOP/s on this model ({100 * pgd_gflops / peak:.1f}% of it; the model is tiny, "
-        "so most time goes to small convolutions and framework overhead).",
-        "",
-    ]
-    (HERE / "results.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    return lines + [""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=1000, help="MNIST test images (default 1000)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--part", choices=("all", "attacks", "autoattack"), default="all",
+                        help="attacks: results.md; autoattack: results_autoattack.md; all: both (default)")
+    args = parser.parse_args()
+    weights = SHARED / "reference-models" / "mnist-fast-adversarial" / "fgsm.pth"
+    if not weights.is_file() or not (SHARED / "data" / "MNIST").is_dir():
+        print(f"skipped: the attack benchmark needs {weights} and {SHARED / 'data'}")
+        return
+    torch.manual_seed(0)
+    model = WongMNIST()
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.eval()
+    data = load_dataset({"name": "mnist", "root": str(SHARED / "data"), "download": False})
+    x, y = data.x_test[: args.n], data.y_test[: args.n]
+
+    if args.part in ("all", "attacks"):
+        results = measure_all(entries(model), model, x, y, args.repeats)
+        peak = matmul_gflops()
+        pgd = next(r for e, r in results if e.attack == "PGD" and e.library == "advrun")
+        # one PGD step = one forward + one backward to the input (about the same FLOPs again)
+        pgd_gflops = len(x) * 40 * 2 * forward_flops(model, (1, 28, 28)) / pgd["seconds"] / 1e9
+        lines = table("Attack benchmark: advrun against torchattacks, ART and foolbox", results, len(x), args.repeats)
+        lines += [
+            f"Machine float32 matmul throughput (1024x1024): {peak:.1f} GFLOP/s. advrun PGD achieves about "
+            f"{pgd_gflops:.1f} GFLOP/s on this model ({100 * pgd_gflops / peak:.1f}% of it; the model is tiny, "
+            "so most time goes to small convolutions and framework overhead).",
+            "",
+        ]
+        (HERE / "results.md").write_text("\n".join(lines))
+        print("\n".join(lines))
+    if args.part in ("all", "autoattack"):
+        results = measure_all(autoattack_entries(model), model, x, y, args.repeats)
+        lines = table("FAB and AutoAttack: advrun against torchattacks", results, len(x), args.repeats)
+        (HERE / "results_autoattack.md").write_text("\n".join(lines))
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":
