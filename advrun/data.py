@@ -151,12 +151,159 @@ def load_cifar10(root: str = "data", download: bool = False):
     return (*arrays(train), *arrays(test), list(train.classes))
 
 
+#: Image files ``dataset=folder`` reads (torchvision's ImageFolder extensions); others are skipped.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def _image_size(size: Any) -> tuple[int, int]:
+    """``size``: one integer (square images) or ``[height, width]``, each >= 1."""
+    sides = list(size) if isinstance(size, (list, tuple)) else [size, size]
+    if len(sides) != 2 or not all(Number(1, 4096, integer=True).holds(side) for side in sides):
+        raise DataError("dataset.size", f"must be an integer in [1, 4096] or [height, width], got {shown(size)}")
+    return int(sides[0]), int(sides[1])
+
+
+def _existing(path: str, key: str, folder: bool) -> Path:
+    """The folder (or regular file) ``path`` names; otherwise one error naming ``key``."""
+    where = Path(path).expanduser()
+    try:
+        exists, right = where.exists(), where.is_dir() if folder else where.is_file()
+    except OSError as e:  # a name too long, a folder that cannot be searched
+        raise DataError(key, f"{path} cannot be opened ({e.strerror or type(e).__name__})") from None
+    if not exists:
+        raise DataError(key, f"{where} does not exist")
+    if not right:
+        raise DataError(key, f"{where} is not a folder" if folder else f"{where} is not a regular file")
+    return where
+
+
+def load_folder(root: Any = None, size: Any = 32, channels: int = 3, test_fraction: float = 0.25,
+                split_seed: int = 0):
+    """Images in torchvision's ImageFolder layout, ``root/<class name>/<image>``: class names
+    from the folder names (sorted, labels 0..K-1 in that order), each image converted to
+    ``channels`` (1: grey, 3: RGB), resized to ``size`` (bilinear, aspect ratio not kept) and
+    scaled to [0, 1]; a stratified train/test split seeded by ``split_seed``."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(root, str) or not root:
+        raise DataError("dataset.root", f"must name a folder of class folders of images, got {shown(root)}")
+    if not (isinstance(channels, int) and not isinstance(channels, bool) and channels in (1, 3)):
+        raise DataError("dataset.channels", f"must be 1 (grey) or 3 (RGB), got {shown(channels)}")
+    height, width = _image_size(size)
+    folder = _existing(root, "dataset.root", folder=True)
+    classes = sorted(entry.name for entry in folder.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    files = {c: sorted(f for f in (folder / c).rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+             for c in classes}
+    empty = [c for c in classes if not files[c]]
+    if len(classes) < 2 or empty:
+        found = f"class folders without images: {', '.join(empty[:5])}" if empty else \
+            f"{len(classes)} class folder{'s' * (len(classes) != 1)}"
+        raise DataError("dataset.root", f"{folder} needs at least two class folders, each holding images "
+                                        f"({', '.join(IMAGE_EXTENSIONS)}); found {found}")
+    mode = "L" if channels == 1 else "RGB"
+    images, labels = [], []
+    for label, c in enumerate(classes):
+        for file in files[c]:
+            try:
+                with Image.open(file) as image:
+                    pixels = np.asarray(image.convert(mode).resize((width, height), Image.BILINEAR), dtype=np.float32)
+            except (UnidentifiedImageError, OSError) as e:
+                raise DataError("dataset.root", f"{file} cannot be read as an image ({type(e).__name__})") from None
+            images.append(pixels.reshape(height, width, channels).transpose(2, 0, 1) / 255.0)
+            labels.append(label)
+    x, y = np.stack(images), np.asarray(labels, dtype=np.int64)
+    x_tr, x_te, y_tr, y_te = _split(x, y, test_fraction, split_seed)
+    return x_tr, y_tr, x_te, y_te, classes
+
+
+TENSOR_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _bounds(bounds: Any) -> tuple[float, float]:
+    if not (isinstance(bounds, (list, tuple)) and len(bounds) == 2
+            and all(Number(-LARGEST_BOUND, LARGEST_BOUND).holds(b) for b in bounds) and bounds[0] < bounds[1]):
+        raise DataError("dataset.bounds", f"must be [low, high], two finite numbers with low < high, got {shown(bounds)}")
+    return float(bounds[0]), float(bounds[1])
+
+
+LARGEST_BOUND = 1e6
+
+
+def load_tensors(path: Any = None, bounds: Any = (0.0, 1.0)):
+    """Arrays in a NumPy ``.npz`` file (``numpy.savez``): ``x_train``, ``y_train``, ``x_test``,
+    ``y_test``, and optionally ``class_names`` (strings); read with ``allow_pickle=False``.
+    Inputs ``(n, features)`` or ``(n, channels, height, width)``, numbers within ``bounds``;
+    labels integers 0..K-1. Returns the arrays, the class names and the bounds."""
+    low, high = _bounds(bounds)
+    if not isinstance(path, str) or not path:
+        raise DataError("dataset.path", f"must name a .npz file holding {', '.join(TENSOR_ARRAYS)}, got {shown(path)}")
+    file = _existing(path, "dataset.path", folder=False)
+    try:
+        archive = np.load(file, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - not a NumPy file at all
+        raise DataError("dataset.path", f"{file} is not a .npz file NumPy can read ({type(e).__name__})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError("dataset.path", f"{file} holds one array (numpy.save); save the four arrays "
+                                        f"{', '.join(TENSOR_ARRAYS)} with numpy.savez")
+    with archive:
+        missing = [name for name in TENSOR_ARRAYS if name not in archive.files]
+        if missing:
+            raise DataError("dataset.path", f"{file} lacks {', '.join(missing)}; it needs the arrays "
+                                            f"{', '.join(TENSOR_ARRAYS)} (it holds {', '.join(archive.files) or 'none'})")
+        arrays = {}
+        for name in [*TENSOR_ARRAYS, *(["class_names"] if "class_names" in archive.files else [])]:
+            try:
+                arrays[name] = archive[name]
+            except Exception as e:  # noqa: BLE001 - object arrays need pickle, which is refused
+                raise DataError("dataset.path", f"{file}: {name} cannot be read without unpickling (an object array?);"
+                                                f" save numbers ({type(e).__name__})") from None
+    for part in ("train", "test"):
+        x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
+        if x.dtype.kind not in "biuf" or x.ndim not in (2, 4) or not len(x):
+            raise DataError("dataset.path", f"{file}: x_{part} must be a non-empty array of numbers of shape (n, features) "
+                                            f"or (n, channels, height, width), got {x.dtype} {x.shape}")
+        if y.dtype.kind not in "iu" or y.shape != (len(x),):
+            raise DataError("dataset.path", f"{file}: y_{part} must hold one integer label per row of x_{part} "
+                                            f"(shape ({len(x)},)), got {y.dtype} {y.shape}")
+        if not np.isfinite(x).all():
+            raise DataError("dataset.path", f"{file}: x_{part} holds NaN or infinite values")
+        if x.min() < low or x.max() > high:
+            raise DataError("dataset.bounds", f"x_{part} in {file} holds values in [{x.min():g}, {x.max():g}], outside "
+                                              f"the stated bounds [{low:g}, {high:g}]")
+    if arrays["x_test"].shape[1:] != arrays["x_train"].shape[1:]:
+        raise DataError("dataset.path", f"{file}: x_test's inputs have shape {arrays['x_test'].shape[1:]}, "
+                                        f"x_train's {arrays['x_train'].shape[1:]}")
+    k = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
+    for name in ("y_train", "y_test"):
+        if arrays[name].min() < 0:
+            raise DataError("dataset.path", f"{file}: {name} holds the label {arrays[name].min()}; labels are 0..K-1")
+    absent = sorted(set(range(k)) - set(arrays["y_train"].tolist()))
+    if k < 2 or absent:
+        raise DataError("dataset.path", f"{file}: y_train must hold every label 0..K-1 (at least two classes); "
+                                        + (f"{k - 1} is the only one" if k < 2 else f"missing: {_listed(absent)}"))
+    names = [str(c) for c in range(k)]
+    if "class_names" in arrays:
+        given = arrays["class_names"]
+        if given.dtype.kind != "U" or given.shape != (k,):
+            raise DataError("dataset.path", f"{file}: class_names must be {k} strings, one per label, got "
+                                            f"{given.dtype} {given.shape}")
+        names = [str(c) for c in given]
+    return (arrays["x_train"].astype(np.float32), arrays["y_train"].astype(np.int64),
+            arrays["x_test"].astype(np.float32), arrays["y_test"].astype(np.int64), names, (low, high))
+
+
+def _listed(items: list) -> str:
+    return f"{', '.join(map(str, items[:6]))}{', ...' if len(items) > 6 else ''}"
+
+
 LOADERS: dict[str, Callable[..., tuple]] = {
     "digits": load_digits,
     "moons": load_moons,
     "mnist": load_mnist,
     "fashion_mnist": load_fashion_mnist,
     "cifar10": load_cifar10,
+    "folder": load_folder,
+    "tensors": load_tensors,
 }
 
 #: Keys every dataset config has, handled here rather than by the loader.
@@ -195,10 +342,10 @@ def load_dataset(cfg: Any) -> Dataset:
         check_fields(cfg, {key: check for key, check in FIELDS.items() if key in cfg})
     options = {k: v for k, v in cfg.items() if k not in COMMON_KEYS}
     seed = cfg.get("split_seed", 0)
-    if name in ("digits", "moons"):
+    if name in ("digits", "moons", "folder"):
         options["split_seed"] = seed
     try:
-        x_tr, y_tr, x_te, y_te, names = LOADERS[name](**options)
+        x_tr, y_tr, x_te, y_te, names, *bounds = LOADERS[name](**options)
     except TypeError as e:
         raise DataError("dataset", str(e)) from None
     classes = cfg.get("classes")
@@ -217,5 +364,6 @@ def load_dataset(cfg: Any) -> Dataset:
         x_test=torch.from_numpy(np.ascontiguousarray(x_te)),
         y_test=torch.from_numpy(np.ascontiguousarray(y_te)),
         class_names=names_kept,
+        bounds=bounds[0] if bounds else (0.0, 1.0),  # a loader may state them (dataset=tensors)
         budgets=dict(cfg.get("budgets") or {}),
     )

@@ -7,6 +7,7 @@ import pytest
 from advrun import experiment
 from tests.conftest import TINY, TINY_DEFENSE, groups
 from tests.fake_data import write_mnist_like
+from tests.test_data_byo import write_folder, write_npz
 
 #: Tiny models on a shared 2-core machine: a second intra-op thread only adds contention.
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,7 +48,7 @@ def test_every_attack_has_tiny_settings():
 
 def test_the_groups_hold_the_documented_options():
     found = groups()
-    assert {"digits", "moons", "mnist", "fashion_mnist", "cifar10"} <= set(found["dataset"])
+    assert {"digits", "moons", "mnist", "fashion_mnist", "cifar10", "folder", "tensors"} <= set(found["dataset"])
     assert {"logreg", "mlp", "cnn", "resnet", "wong_mnist"} <= set(found["model"])
     assert {"sgd", "adam"} <= set(found["optimizer"])
     assert {"none", "fgsm", "pgd"} <= set(found["attack"])
@@ -60,6 +61,10 @@ def _data_overrides(option, tmp_path, request):
         return [f"dataset.root={tmp_path / 'data'}"]
     if option == "cifar10":
         request.getfixturevalue("fake_cifar10")
+    if option == "folder":  # a few PNGs per class in ImageFolder layout
+        return [f"dataset.root={write_folder(tmp_path / 'images')}", "dataset.size=8"]
+    if option == "tensors":  # arrays in a .npz; no default budgets (their scale is the user's)
+        return [f"dataset.path={write_npz(tmp_path / 'data.npz')}", "attack.eps=0.05"]
     return []
 
 
