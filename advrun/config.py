@@ -211,8 +211,10 @@ def validate_run(cfg: DictConfig) -> None:
     _check_keys(cfg)
     with keyed(""):
         check_fields({key: OmegaConf.select(cfg, key) for key in RUN_FIELDS}, RUN_FIELDS)
-    if cfg.train.epochs == 0 and not OmegaConf.select(cfg, "model.checkpoint"):
-        raise ConfigError("train.epochs", "must be >= 1 (0, evaluating saved weights as they are, needs model.checkpoint)")
+    exported = OmegaConf.select(cfg, "model._target_") == "advrun.models.Exported"  # model=exported: weights in model.path
+    if cfg.train.epochs == 0 and not OmegaConf.select(cfg, "model.checkpoint") and not exported:
+        raise ConfigError("train.epochs", "must be >= 1 (0, evaluating saved weights as they are, needs model.checkpoint "
+                                          "or model=exported)")
     if cfg.train.batch_size != "full" and not Number(1, integer=True).holds(cfg.train.batch_size):
         raise ConfigError("train.batch_size", f"must be an integer >= 1 or full, got {shown(cfg.train.batch_size)}")
     if cfg.cache.enabled and (not isinstance(cfg.cache.dir, str) or not cfg.cache.dir):

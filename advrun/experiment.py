@@ -199,8 +199,9 @@ def fit(cfg, model, defense, optimizer, scheduler, data, batch_size, generator, 
     started again resumes, see :mod:`advrun.cache`), otherwise in the run folder.
     """
     if cfg.train.epochs == 0:
-        log.info("train.epochs=0: evaluating the weights of model.checkpoint as they are")
-        return pd.DataFrame(columns=HISTORY_COLUMNS), {"trained": False, "source": str(cfg.model.checkpoint)}
+        given = "checkpoint" if cfg.model.get("checkpoint") else "path"  # model=exported: the program's file
+        log.info("train.epochs=0: evaluating the weights of model.%s as they are", given)
+        return pd.DataFrame(columns=HISTORY_COLUMNS), {"trained": False, "source": str(cfg.model.get(given))}
     entry = spec = None
     if cfg.cache.enabled:
         entry, spec = cache.entry_for(cfg, device)
@@ -298,6 +299,8 @@ def plan(cfg: DictConfig, output_dir: str | Path) -> RunPlan:
     generator = seed_everything(cfg.seed)
     data = load_dataset(to_container(cfg.dataset)).to(device)
     model = build_model(cfg.model, data).to(device)
+    if cfg.train.epochs and getattr(model, "refuses_training", None):
+        raise ConfigError("train.epochs", model.refuses_training)
     check_optimizer(cfg.optimizer)
     defense = build(cfg.defense, "defense", bounds=data.bounds, criterion=cfg.train.loss)
     with keyed("defense"):

@@ -10,13 +10,18 @@ with inverted scaling by ``1 / (1 - p)`` in training) follows the activation of 
 hidden layer. Training runs in train mode (batch statistics, random masks); attacks,
 evaluation and certification run in eval mode, where batch norm is the fixed affine map of
 its running statistics and dropout is the identity.
+
+Models can also come without code: a file saved by ``torch.export.save`` or ``torch.jit.save``
+(:class:`Exported`, ``model=exported``), checked against the data set's shape and classes.
 """
 
 from __future__ import annotations
 
 import math
+import zipfile
 from collections import OrderedDict
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -284,3 +289,138 @@ class WongMNIST(Classifier):
             nn.Linear(32 * 7 * 7, 100), nn.ReLU(),
             nn.Linear(100, 10),
         )
+
+
+# ------------------------------------------------------------------ models brought as files or by name
+
+
+def _first_line(error: BaseException) -> str:
+    """The error in one line; for TorchScript's (a stack of frames) its last line, the cause."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if "TorchScript interpreter" in lines[0]:
+        return lines[-1]
+    return f"{type(error).__name__}: {lines[0]}"
+
+
+def exported_format(path: Any) -> tuple[Path, str]:
+    """The file ``path`` names and its format, ``"exported"`` (``torch.export.save``, a ``.pt2``
+    archive) or ``"torchscript"`` (``torch.jit.save``), read from the archive's table of contents
+    (both are zip archives): nothing is loaded. Anything else is an error naming ``model.path``."""
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise InvalidValue("path", f"must name a .pt2 file (torch.export.save) or a TorchScript file "
+                                   f"(torch.jit.save), got {shown(path)}")
+    file = Path(path).expanduser()
+    try:
+        if not file.is_file():
+            raise InvalidValue("path", f"{file} does not exist" if not file.exists() else f"{file} is not a regular file")
+        with zipfile.ZipFile(file) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as e:
+        detail = "" if isinstance(e, zipfile.BadZipFile) else f" ({e.strerror or type(e).__name__})"
+        raise InvalidValue("path", f"{file} cannot be read as an exported program (.pt2, torch.export.save) or a "
+                                   f"TorchScript file (torch.jit.save){detail}") from None
+    entries = {name.split("/", 1)[-1] for name in names}
+    if "archive_format" in entries:
+        return file, "exported"
+    if "constants.pkl" in entries and any(name.startswith("code/") for name in entries):
+        return file, "torchscript"
+    if "data.pkl" in entries:
+        raise InvalidValue("path", f"{file} was saved with torch.save (a state_dict or a pickled model), not "
+                                   f"exported: save it with torch.export.save or torch.jit.save (a state_dict "
+                                   f"of one of advrun's models loads with model.checkpoint)")
+    raise InvalidValue("path", f"{file} is a zip archive but neither an exported program (.pt2, "
+                               f"torch.export.save) nor a TorchScript file (torch.jit.save)")
+
+
+def _exported_input(program: Any, file: Path, in_shape: Sequence[int]) -> None:
+    """An ExportedProgram takes one tensor of shape ``(batch, *in_shape)`` with a free batch size."""
+    from torch.export.graph_signature import InputKind
+
+    inputs = [spec.arg.name for spec in program.graph_signature.input_specs if spec.kind == InputKind.USER_INPUT]
+    if len(inputs) != 1:
+        raise InvalidValue("path", f"{file} takes {len(inputs)} inputs; advrun gives a classifier one batch of inputs")
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == inputs[0])
+    value = node.meta.get("val")
+    if value is None:
+        return  # no recorded shape: the probe in Exported decides
+    shape = tuple(value.shape)
+    if len(shape) != len(in_shape) + 1 or any(int(a) != b for a, b in zip(shape[1:], in_shape)
+                                               if isinstance(a, int)):
+        shown_shape = ", ".join(str(a) if isinstance(a, int) else "batch" if i == 0 else "any"
+                                for i, a in enumerate(shape))
+        raise InvalidValue("path", f"{file} takes inputs of shape ({shown_shape}); the data set's are "
+                                   f"(batch, {', '.join(map(str, in_shape))})")
+    if isinstance(shape[0], int):
+        raise InvalidValue("path", f"{file} was exported for batches of exactly {shape[0]} inputs; export it with a "
+                                   f"free batch size: torch.export.export(model, (x,), dynamic_shapes="
+                                   f"({{0: torch.export.Dim('batch')}},))")
+
+
+class Exported(Classifier):
+    """A classifier brought as a file (``model=exported model.path=FILE``): a program saved by
+    ``torch.export.save`` (``.pt2``), loaded by ``torch.export.load``, or a TorchScript file
+    saved by ``torch.jit.save``, loaded by ``torch.jit.load``; neither unpickles Python objects.
+    The program maps inputs in the data set's bounds (its own normalisation inside) to logits,
+    ``(batch, *in_shape) -> (batch, num_classes)``; both are checked on a probe batch.
+
+    It is evaluated as it is: an ExportedProgram cannot change mode (its batch norm and dropout
+    stay as they were exported), so it cannot be trained (``train.epochs`` must be 0). A
+    TorchScript module can be trained from its weights (``train.epochs`` >= 1) like advrun's own."""
+
+    def __init__(self, in_shape: Sequence[int], num_classes: int, path: Any = None):
+        import warnings
+
+        _check_shape(in_shape, num_classes)
+        file, kind = exported_format(path)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.* is deprecated (it still loads)
+                if kind == "exported":
+                    loaded = torch.export.load(str(file))
+                    _exported_input(loaded, file, in_shape)
+                    program = loaded.module()
+                else:
+                    program = torch.jit.load(str(file), map_location="cpu")
+        except InvalidValue:
+            raise
+        except Exception as e:  # noqa: BLE001 - a damaged archive, a newer format, an operator torch lacks
+            raise InvalidValue("path", f"{file} cannot be loaded ({_first_line(e)})") from None
+        super().__init__(program)
+        self.kind, self.file = kind, file
+        #: Why ``train.epochs`` must be 0 (checked by the runner), or None where the model can be trained.
+        self.refuses_training = None if kind == "torchscript" else (
+            f"must be 0 with model.path={file}: an exported program (.pt2) is evaluated as it is; it has no "
+            f"training mode (its batch norm and dropout stay as exported), so advrun does not train it "
+            f"(a TorchScript file can be trained)")
+        self._probe(in_shape, num_classes)
+
+    def _probe(self, in_shape: Sequence[int], num_classes: int) -> None:
+        was = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                out = self(torch.zeros(2, *in_shape))
+        except Exception as e:  # noqa: BLE001 - whatever the program raises on the data set's shape
+            raise InvalidValue("path", f"{self.file} fails on a batch of inputs of the data set's shape "
+                                       f"{tuple(in_shape)} ({_first_line(e)})") from None
+        finally:
+            self.train(was)
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or len(out) != 2:
+            got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+            raise InvalidValue("path", f"{self.file} gives {got} for a batch of 2 inputs; advrun needs logits of "
+                                       f"shape (batch, classes)")
+        if out.shape[1] != num_classes:
+            raise InvalidValue("path", f"{self.file} gives {out.shape[1]} logits per input; the data set has "
+                                       f"{num_classes} classes")
+
+    def train(self, mode: bool = True) -> "Exported":
+        """Modes pass to a TorchScript module; an ExportedProgram's module has none (it raises)."""
+        self.training = mode
+        if self.kind == "torchscript":
+            self[0].train(mode)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self[0](x)

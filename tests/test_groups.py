@@ -8,6 +8,7 @@ from advrun import experiment
 from tests.conftest import TINY, TINY_DEFENSE, groups
 from tests.fake_data import write_mnist_like
 from tests.test_data_byo import write_folder, write_npz
+from tests.test_models_byo import export_program
 
 #: Tiny models on a shared 2-core machine: a second intra-op thread only adds contention.
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -37,6 +38,7 @@ TINY_ATTACK = {
 #: Per model, the overrides that make it train in about a second.
 TINY_MODEL = {
     "resnet": ["model.width=8"],  # PreActResNet-18 at 1/8 of its width
+    "exported": ["train.epochs=0"],  # a program evaluated as it is (model.path: written by the test)
 }
 
 OPTIONS = [(group, option) for group, options in groups().items() for option in options]
@@ -49,7 +51,7 @@ def test_every_attack_has_tiny_settings():
 def test_the_groups_hold_the_documented_options():
     found = groups()
     assert {"digits", "moons", "mnist", "fashion_mnist", "cifar10", "folder", "tensors"} <= set(found["dataset"])
-    assert {"logreg", "mlp", "cnn", "resnet", "wong_mnist"} <= set(found["model"])
+    assert {"logreg", "mlp", "cnn", "resnet", "wong_mnist", "exported"} <= set(found["model"])
     assert {"sgd", "adam"} <= set(found["optimizer"])
     assert {"none", "fgsm", "pgd"} <= set(found["attack"])
     assert {"none", "adversarial", "trades", "fast_at", "linear_robust", "cross_lipschitz"} <= set(found["defense"])
@@ -77,6 +79,8 @@ def test_option_composes_and_runs(group, option, make_cfg, tmp_path, request):
         overrides += ["dataset=mnist", *_data_overrides("mnist", tmp_path, request)]
     if group == "model":
         overrides += TINY_MODEL.get(option, [])
+    if (group, option) == ("model", "exported"):
+        overrides += [f"model.path={export_program(tmp_path / 'net.pt2')}"]
     if group == "attack":
         overrides += TINY_ATTACK.get(option, [])
     if group == "defense":

@@ -34,12 +34,23 @@ MENU = {
     "mlp": ["normalize", "flatten", "linear", "activation", "linear", "activation", "linear"],
     "resnet": ["normalize", "conv", *["block"] * 8, "batch_norm", "activation", "pool", "flatten", "linear"],
     "wong_mnist": ["conv", "activation", "conv", "activation", "flatten", "linear", "activation", "linear"],
+    "exported": ["block"],  # a program brought as a file is one opaque block
 }
 
 
 def menu_model(name: str, **options) -> nn.Module:
-    """The model ``conf/model/<name>.yaml`` builds for MNIST-shaped inputs and ten classes."""
+    """The model ``conf/model/<name>.yaml`` builds for MNIST-shaped inputs and ten classes
+    (``exported``: a TorchScript file of a small dense network)."""
+    import tempfile
+    import warnings
+
     node = OmegaConf.load(config_dir() / "model" / f"{name}.yaml")
+    if name == "exported" and "path" not in options:
+        with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still supported
+            path = f"{folder}/net.ts"
+            torch.jit.save(torch.jit.script(nn.Sequential(nn.Flatten(), nn.Linear(784, 10))), path)
+            return instantiate(node, in_shape=list(MNIST), num_classes=10, path=path)
     return instantiate(node, in_shape=list(MNIST), num_classes=10, **options)
 
 
