@@ -12,7 +12,8 @@ evaluation and certification run in eval mode, where batch norm is the fixed aff
 its running statistics and dropout is the identity.
 
 Models can also come without code: a file saved by ``torch.export.save`` or ``torch.jit.save``
-(:class:`Exported`, ``model=exported``), checked against the data set's shape and classes.
+(:class:`Exported`, ``model=exported``), checked against the data set's shape and classes, or
+a torchvision classification architecture by name (:class:`TorchVision`, ``model=torchvision``).
 """
 
 from __future__ import annotations
@@ -424,3 +425,77 @@ class Exported(Classifier):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self[0](x)
+
+
+def torchvision_names() -> list[str]:
+    """The classification architectures of torchvision (``torchvision.models.list_models``)."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+class TorchVision(Classifier):
+    """A torchvision classification architecture by name (``model=torchvision model.name=NAME``),
+    built by ``torchvision.models.get_model(NAME, weights=None, num_classes=K)``: random
+    initialisation, never a download. Layers: [normalize,] channel adapter, the network.
+
+    torchvision's networks take 3-channel images. The adapter: 3 channels pass as they are;
+    1 channel (grey) is repeated into 3 (no parameters: the grey image as RGB, the same as
+    summing the first convolution's filters over their channels); any other count goes through
+    a learned 1x1 convolution to 3 channels. Architectures that need a least input size (most
+    downsample 32-fold; the vision transformers want exactly 224x224) are refused at build time
+    with that size named. A network whose training-mode output has auxiliary heads (googlenet,
+    inception_v3) is read by its main logits."""
+
+    def __init__(self, in_shape: Sequence[int], num_classes: int, name: Any = None, normalize: bool = True):
+        _check_shape(in_shape, num_classes)
+        names = torchvision_names()
+        if name not in names:
+            raise InvalidValue("name", f"unknown torchvision classification model {shown(name)}; the valid names: "
+                                       f"python -c \"import torchvision; print(torchvision.models.list_models("
+                                       f"module=torchvision.models))\" (e.g. resnet18)")
+        if len(in_shape) != 3:
+            raise InvalidValue("name", f"{name} needs image inputs (channels, height, width), got {tuple(in_shape)}")
+        import torchvision
+
+        channels = in_shape[0]
+        adapter: nn.Module = nn.Identity() if channels == 3 else \
+            ChannelRepeat(3) if channels == 1 else nn.Conv2d(channels, 3, 1)
+        try:
+            network = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        except Exception as e:  # noqa: BLE001 - an architecture that cannot take these options
+            raise InvalidValue("name", f"{name} cannot be built with {num_classes} classes ({_first_line(e)})") from None
+        super().__init__(*_normalize_layer(in_shape, normalize), adapter, Logits(network))
+        self.eval()
+        try:
+            with torch.no_grad():
+                self(torch.zeros(2, *in_shape))
+        except Exception as e:  # noqa: BLE001 - too small an input for the architecture's downsampling
+            raise InvalidValue("name", f"{name} does not work on {in_shape[1]}x{in_shape[2]} inputs "
+                                       f"({_first_line(e)}); choose another architecture or larger images "
+                                       f"(dataset=folder dataset.size=...)") from None
+        finally:
+            self.train()
+
+
+class ChannelRepeat(nn.Module):
+    """Repeats a one-channel image into ``channels`` identical channels."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.expand(-1, self.channels, -1, -1)
+
+
+class Logits(nn.Module):
+    """A network's logits: the main output of one that also returns auxiliary heads (a named tuple)."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.network(x)
+        return out if isinstance(out, torch.Tensor) else out[0]

@@ -38,6 +38,7 @@ TINY_ATTACK = {
 #: Per model, the overrides that make it train in about a second.
 TINY_MODEL = {
     "resnet": ["model.width=8"],  # PreActResNet-18 at 1/8 of its width
+    "torchvision": ["model.name=resnet18", "dataset.n_train=32", "train.epochs=1"],  # 11M parameters
     "exported": ["train.epochs=0"],  # a program evaluated as it is (model.path: written by the test)
 }
 
@@ -51,7 +52,7 @@ def test_every_attack_has_tiny_settings():
 def test_the_groups_hold_the_documented_options():
     found = groups()
     assert {"digits", "moons", "mnist", "fashion_mnist", "cifar10", "folder", "tensors"} <= set(found["dataset"])
-    assert {"logreg", "mlp", "cnn", "resnet", "wong_mnist", "exported"} <= set(found["model"])
+    assert {"logreg", "mlp", "cnn", "resnet", "wong_mnist", "exported", "torchvision"} <= set(found["model"])
     assert {"sgd", "adam"} <= set(found["optimizer"])
     assert {"none", "fgsm", "pgd"} <= set(found["attack"])
     assert {"none", "adversarial", "trades", "fast_at", "linear_robust", "cross_lipschitz"} <= set(found["defense"])

@@ -1,7 +1,9 @@
 """Models brought without code: an exported program (torch.export.save, .pt2) or a TorchScript
-file evaluated as it is (model=exported): shapes checked against the data set, input gradients
-for the attacks, end-to-end runs, and one clear error naming the key for each mistake."""
+file evaluated as it is (model=exported), and any torchvision classification architecture by
+name (model=torchvision): shapes checked against the data set, input gradients for the attacks,
+end-to-end runs, and one clear error naming the key for each mistake."""
 
+import json
 import warnings
 
 import pytest
@@ -11,7 +13,7 @@ from torch import nn
 from advrun import experiment
 from advrun.attacks import PGD
 from advrun.errors import InvalidValue
-from advrun.models import Exported
+from advrun.models import Exported, TorchVision
 from tests.conftest import TINY, run_inprocess
 from tests.test_validation import ERROR_LINE
 
@@ -115,3 +117,30 @@ def test_command_line_mistakes_are_one_line_naming_the_key(files, tmp_path):
     assert key == "model.path" and "gives 10 logits per input; the data set has 2 classes" in message
     key, message = _error_line(tmp_path, "model=exported", "train.epochs=0")
     assert key == "model.path"
+    key, message = _error_line(tmp_path, "model=torchvision", "model.name=resnet_9000")
+    assert key == "model.name" and "list_models" in message
+    key, message = _error_line(tmp_path, "model=torchvision", "model.name=alexnet")
+    assert key == "model.name" and "alexnet does not work on 8x8 inputs" in message
+
+
+# ------------------------------------------------------------------------------ torchvision
+
+def test_torchvision_resnet18_adapts_grey_images_and_gives_gradients():
+    model = TorchVision(SHAPE, 10, "resnet18").eval()
+    x = torch.rand(3, *SHAPE)
+    assert model(x).shape == (3, 10)
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for p in __import__("torchvision").models.resnet18(num_classes=10).parameters())
+    x_adv = PGD(eps=0.1, steps=2)(model, x, model(x).argmax(dim=1), bounds=(0.0, 1.0)).x_adv
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6
+    with pytest.raises(InvalidValue, match="image inputs") as info:
+        TorchVision((5,), 2, "resnet18")
+    assert info.value.field == "name"
+
+
+def test_torchvision_model_runs_end_to_end(make_cfg, tmp_path):
+    cfg = make_cfg("model=torchvision", "model.name=resnet18", *TINY, "dataset.n_train=32", "dataset.n_test=10",
+                   "train.epochs=1", "attack.steps=1", "eval.epsilons=[0,0.1]")
+    metrics = experiment.run(cfg, tmp_path / "run")
+    assert metrics["training"]["trained"] is True and metrics["n_eval"] == 10
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["num_classes"] == 10

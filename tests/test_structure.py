@@ -35,6 +35,7 @@ MENU = {
     "resnet": ["normalize", "conv", *["block"] * 8, "batch_norm", "activation", "pool", "flatten", "linear"],
     "wong_mnist": ["conv", "activation", "conv", "activation", "flatten", "linear", "activation", "linear"],
     "exported": ["block"],  # a program brought as a file is one opaque block
+    "torchvision": ["normalize", "block", "block"],  # grey images repeated into 3 channels, then the network
 }
 
 
