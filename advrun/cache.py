@@ -1,9 +1,11 @@
 """The model cache: a trained model stored under a key of everything that affects its training.
 
-The key hashes the resolved ``dataset``, ``model`` (a ``model.checkpoint`` by the content of the
-file), ``optimizer``, ``train`` and ``defense`` nodes, the ``seed``, the device type, the
-``deterministic`` flag, and the code version (PyTorch's version and a hash of advrun's source
-files). Attack and evaluation keys are not part of it: an attack-only sweep trains once.
+The key hashes the resolved ``dataset``, ``model``, ``optimizer``, ``train`` and ``defense``
+nodes, the ``seed``, the device type, the ``deterministic`` flag, and the code version
+(PyTorch's version and a hash of advrun's source files). Files a user brings count by their
+content: ``model.checkpoint``, the program of ``model=exported`` (``model.path``) and the arrays
+of ``dataset=tensors`` (``dataset.path``) by their SHA-256, the images of ``dataset=folder``
+(``dataset.root``) by their names, sizes and modification times. Attack and evaluation keys are not part of it: an attack-only sweep trains once.
 
 An entry is a folder ``<cache.dir>/<key>/`` holding ``model.pt`` (the ``state_dict``),
 ``training.csv`` and, written last, ``entry.json``: the config the key was made from, the run
@@ -71,12 +73,29 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def folder_digest(root: Path) -> str:
+    """SHA-256 of the relative names, sizes and modification times of the files under ``root``."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def training_spec(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     """The plain description of a training that the key hashes."""
     spec = {key: to_container(cfg.get(key)) for key in TRAINING_KEYS}
     weights = spec["model"].get("checkpoint") if isinstance(spec["model"], dict) else None
     if weights:
         spec["model"]["checkpoint"] = {"sha256": file_digest(weights_file(weights))}
+    program = spec["model"].get("path") if isinstance(spec["model"], dict) else None
+    if program:  # model=exported: the program's file, by its content
+        spec["model"]["path"] = {"sha256": file_digest(Path(program).expanduser())}
+    data = spec["dataset"] if isinstance(spec["dataset"], dict) else {}
+    if data.get("name") == "tensors" and data.get("path"):
+        data["path"] = {"sha256": file_digest(Path(data["path"]).expanduser())}
+    if data.get("name") == "folder" and data.get("root"):
+        data["root"] = {"listing": folder_digest(Path(data["root"]).expanduser())}
     spec["device"] = device.type
     spec["code"] = code_version()
     return spec

@@ -177,3 +177,19 @@ def test_a_bad_file_is_one_error_line_naming_the_key(tmp_path):
                               f"hydra.run.dir={tmp_path / 'run2'}")
     assert no_budget.returncode == 2 and "advrun: error: eval.epsilons: dataset tensors has no default budgets" \
         in no_budget.stderr, no_budget.stderr
+
+
+def test_the_model_cache_knows_brought_data_by_its_content(tmp_path, images, make_cfg):
+    from advrun.cache import training_key, training_spec
+
+    def key(cfg):
+        return training_key(training_spec(cfg, torch.device("cpu")))
+
+    file = write_npz(tmp_path / "d.npz")
+    tensors = make_cfg("dataset=tensors", f"dataset.path={file}")
+    folder = make_cfg("dataset=folder", f"dataset.root={images}")
+    before = key(tensors), key(folder)
+    assert before == (key(tensors), key(folder))
+    write_npz(file, k=2)  # the same path, other arrays
+    (images / "dog" / "extra.png").write_bytes((images / "dog" / "0.png").read_bytes())
+    assert key(tensors) != before[0] and key(folder) != before[1]

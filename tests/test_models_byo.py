@@ -144,3 +144,13 @@ def test_torchvision_model_runs_end_to_end(make_cfg, tmp_path):
     metrics = experiment.run(cfg, tmp_path / "run")
     assert metrics["training"]["trained"] is True and metrics["n_eval"] == 10
     assert json.loads((tmp_path / "run" / "model.json").read_text())["num_classes"] == 10
+
+
+def test_the_model_cache_knows_the_program_by_its_content(tmp_path, make_cfg):
+    from advrun.cache import training_key, training_spec
+
+    file = script_file(tmp_path / "net.ts")
+    cfg = make_cfg("model=exported", f"model.path={file}")
+    before = training_key(training_spec(cfg, torch.device("cpu")))
+    script_file(file, k=3)  # the same path, another program
+    assert training_key(training_spec(cfg, torch.device("cpu"))) != before
