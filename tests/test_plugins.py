@@ -1,6 +1,7 @@
 """Models, attacks and defenses of one's own: the model contract checked before training, a
-``_target_`` that does not import."""
+``_target_`` that does not import, the folder the command starts from on the Python path."""
 
+import textwrap
 from dataclasses import dataclass
 
 import pytest
@@ -115,6 +116,23 @@ def test_a_plain_module_of_fixed_size_trains_and_is_attacked(tmp_path):
                          "~model.binary", f"hydra.run.dir={out}")
     assert proc.returncode == 0, proc.stderr
     assert (out / "metrics.json").is_file()
+
+
+def test_modules_beside_the_command_import_and_its_config_folder_adds_options(tmp_path):
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "cwd_nets_for_plugins_test.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        class Net(nn.Sequential):
+            def __init__(self, in_shape, num_classes):
+                super().__init__(nn.Flatten(), nn.Linear(in_shape[0] * in_shape[1] * in_shape[2], num_classes))
+    """))
+    (tmp_path / "conf" / "model" / "mine.yaml").write_text("_target_: cwd_nets_for_plugins_test.Net\n")
+    proc = run_inprocess("hydra.searchpath=[file://conf]", "model=mine", *SETTINGS,
+                         f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Net" in proc.stdout
+    assert str(tmp_path) not in __import__("sys").path  # only while the command runs
 
 
 def test_contract_helpers():
