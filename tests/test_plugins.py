@@ -1,5 +1,6 @@
 """Models, attacks and defenses of one's own: the model contract checked before training, a
-``_target_`` that does not import, the folder the command starts from on the Python path."""
+``_target_`` that does not import, the folder the command starts from on the Python path, and
+the model cache keyed by the user's source file."""
 
 import textwrap
 from dataclasses import dataclass
@@ -8,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from advrun import cache
 from advrun.contract import accepted, check_classifier, import_problem, looks_like_probabilities
 from advrun.errors import ConfigError
 from tests.conftest import TINY, run_inprocess
@@ -146,3 +148,16 @@ def test_contract_helpers():
     with pytest.raises(ConfigError, match="^model: FixedNet returns 10 logits per input, the data set has 3"):
         check_classifier(FixedNet(), torch.rand(5, 1, 8, 8), num_classes=3)
     check_classifier(FixedNet(), torch.rand(5, 1, 8, 8), num_classes=10)
+
+
+def test_the_cache_key_follows_the_source_of_a_model_of_ones_own(tmp_path, make_cfg, monkeypatch):
+    module = tmp_path / "cached_nets_for_plugins_test.py"
+    module.write_text("from torch import nn\nNet = nn.Identity\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = make_cfg("model._target_=cached_nets_for_plugins_test.Net")
+    device = torch.device("cpu")
+    first = cache.training_spec(cfg, device)
+    assert set(first["sources"]) == {"cached_nets_for_plugins_test.Net"}
+    module.write_text("from torch import nn\nNet = nn.Identity  # changed\n")
+    assert cache.training_key(cache.training_spec(cfg, device)) != cache.training_key(first)
+    assert "sources" not in cache.training_spec(make_cfg(), device)  # advrun's own models: its code version
