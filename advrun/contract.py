@@ -82,6 +82,8 @@ def accepted(target: str | Callable[..., Any] | None, **arguments: Any) -> dict[
         from hydra.utils import get_object
 
         target = get_object(target)
+    if inspect.isclass(target) and target.__init__ is nn.Module.__init__:  # takes **kwargs, refuses any
+        return {}
     try:
         parameters = inspect.signature(target).parameters.values()
     except (TypeError, ValueError):  # no signature to read (a builtin): pass them all
@@ -92,10 +94,12 @@ def accepted(target: str | Callable[..., Any] | None, **arguments: Any) -> dict[
     return {name: value for name, value in arguments.items() if name in names}
 
 
-def check_classifier(model: nn.Module, x: torch.Tensor, num_classes: int, key: str = "model") -> None:
+def check_classifier(model: nn.Module, x: torch.Tensor, num_classes: int, key: str = "model",
+                     trained: bool = True) -> None:
     """Run ``model`` (in eval mode, no gradients) on the first :data:`PROBE_INPUTS` inputs of ``x``
     (training inputs in the data bounds) and raise :class:`ConfigError` naming ``key`` unless it
-    returns finite logits of shape ``[n, num_classes]`` that are not probabilities."""
+    returns finite logits of shape ``[n, num_classes]`` that are not probabilities; a model to be
+    ``trained`` needs a trainable parameter."""
     name = type(model).__name__
     if not isinstance(model, nn.Module):
         raise ConfigError(key, f"must be a torch.nn.Module mapping inputs to logits, got a {name}")
@@ -124,6 +128,9 @@ def check_classifier(model: nn.Module, x: torch.Tensor, num_classes: int, key: s
     if looks_like_probabilities(out):
         raise ConfigError(key, f"{name} returns probabilities (each row in [0, 1], summing to 1), not logits: drop "
                                f"the final softmax (cross-entropy and the attacks take logits)")
+    if trained and not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(key, f"{name} has no trainable parameters, and advrun trains the model it attacks "
+                               f"(train.epochs)")
 
 
 __all__ = ["PROBABILITY_TOLERANCE", "accepted", "check_classifier", "import_problem", "looks_like_probabilities"]

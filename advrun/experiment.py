@@ -308,7 +308,7 @@ def plan(cfg: DictConfig, output_dir: str | Path) -> RunPlan:
     generator = seed_everything(cfg.seed)
     data = load_dataset(to_container(cfg.dataset)).to(device)
     model = build_model(cfg.model, data).to(device)
-    check_classifier(model, data.x_train, data.num_classes)
+    check_classifier(model, data.x_train, data.num_classes, trained=cfg.train.epochs > 0)
     check_optimizer(cfg.optimizer)
     defense = build(cfg.defense, "defense", **accepted(cfg.defense.get("_target_"), bounds=data.bounds,
                                                        criterion=cfg.train.loss))

@@ -57,6 +57,13 @@ class WrongInputs(nn.Module):
         return self.layers(x)
 
 
+class NoConstructor(nn.Module):
+    """A fixed function with no parameters and no __init__ of its own."""
+
+    def forward(self, x):
+        return 5 * x.flatten(1)[:, :10]
+
+
 class NotAModule:
     def __init__(self, in_shape, num_classes):
         pass
@@ -89,6 +96,7 @@ def one_line_error(proc, key: str) -> str:
     (f"{HERE}.Probabilities", "returns probabilities"),
     (f"{HERE}.WrongInputs", "fails on a batch of 4 inputs of shape (1, 8, 8)"),
     (f"{HERE}.NotAModule", "must be a torch.nn.Module"),
+    (f"{HERE}.NoConstructor", "has no trainable parameters"),
     ("torch.nn.Identity", "maps a batch of shape (4, 1, 8, 8) to (4, 1, 8, 8)"),  # the issue's example
 ])
 def test_a_model_breaking_the_contract_stops_before_training(tmp_path, target, words):
@@ -143,6 +151,7 @@ def test_contract_helpers():
     assert accepted(FixedNet, in_shape=[1], num_classes=2) == {}
     assert accepted("torch.nn.Identity", in_shape=[1]) == {"in_shape": [1]}  # **kwargs takes them all
     assert accepted("advrun.models.MLP", in_shape=[1], bounds=(0, 1)) == {"in_shape": [1]}
+    assert accepted(NoConstructor, in_shape=[1]) == {}  # nn.Module.__init__ takes **kwargs but refuses them
     assert import_problem("advrun.models.MLP") == ""
     assert "not a class or function" in import_problem("advrun.models")
     with pytest.raises(ConfigError, match="^model: FixedNet returns 10 logits per input, the data set has 3"):
