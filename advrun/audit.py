@@ -64,6 +64,7 @@ from advrun.attacks.fgsm import FGSM
 from advrun.attacks.norms import norm_name
 from advrun.attacks.pgd import PGD
 from advrun.attacks.square import Square
+from advrun.contract import PROBABILITY_TOLERANCE, looks_like_probabilities  # noqa: F401 - the tolerance, as before
 from advrun.errors import ConfigError
 from advrun.evaluation import _attack_all
 
@@ -79,8 +80,6 @@ ZERO_GRADIENT_SHARE = 0.05
 #: Largest difference between repeated forward passes (outputs scaled to unit L2 norm per
 #: sample, AutoAttack's ``check_randomized``) still counted as deterministic.
 DETERMINISM_TOLERANCE = 1e-4
-#: Row sums within this distance of 1 (and every output in [0, 1]) look like probabilities.
-PROBABILITY_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -452,8 +451,7 @@ class Audit:
             return Check(name, WARN, "the model's outputs are not all finite",
                          "fix the model: attacks and accuracies need finite logits")
         sums = out.sum(1)
-        probabilities = out.min() >= -PROBABILITY_TOLERANCE and out.max() <= 1 + PROBABILITY_TOLERANCE and bool(
-            ((sums - 1).abs() <= PROBABILITY_TOLERANCE).all())
+        probabilities = looks_like_probabilities(out)  # the test the runner's model contract makes before training
         measured = (f"outputs in [{out.min().item():.3g}, {out.max().item():.3g}], row sums in "
                     f"[{sums.min().item():.3g}, {sums.max().item():.3g}]")
         if probabilities:

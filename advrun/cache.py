@@ -2,10 +2,12 @@
 
 The key hashes the resolved ``dataset``, ``model``, ``optimizer``, ``train`` and ``defense``
 nodes, the ``seed``, the device type, the ``deterministic`` flag, and the code version
-(PyTorch's version and a hash of advrun's source files). Files a user brings count by their
-content: ``model.checkpoint``, the program of ``model=exported`` (``model.path``) and the arrays
-of ``dataset=tensors`` (``dataset.path``) by their SHA-256, the images of ``dataset=folder``
-(``dataset.root``) by their names, sizes and modification times. Attack and evaluation keys are not part of it: an attack-only sweep trains once.
+(PyTorch's version and a hash of advrun's source files, and of the file defining each
+``_target_`` of those nodes that is not advrun's: a model or defense of one's own). Files a user
+brings count by their content: ``model.checkpoint``, the program of ``model=exported``
+(``model.path``) and the arrays of ``dataset=tensors`` (``dataset.path``) by their SHA-256, the
+images of ``dataset=folder`` (``dataset.root``) by their names, sizes and modification times.
+Attack and evaluation keys are not part of it: an attack-only sweep trains once.
 
 An entry is a folder ``<cache.dir>/<key>/`` holding ``model.pt`` (the ``state_dict``),
 ``training.csv`` and, written last, ``entry.json``: the config the key was made from, the run
@@ -98,7 +100,44 @@ def training_spec(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
         data["root"] = {"listing": folder_digest(Path(data["root"]).expanduser())}
     spec["device"] = device.type
     spec["code"] = code_version()
+    sources = source_versions(spec)
+    if sources:
+        spec["sources"] = sources
     return spec
+
+
+def _targets(node: Any) -> Iterator[str]:
+    """Every ``_target_`` in a plain (resolved) config node, at any depth."""
+    if isinstance(node, dict):
+        if isinstance(node.get("_target_"), str):
+            yield node["_target_"]
+        for value in node.values():
+            yield from _targets(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _targets(value)
+
+
+def source_versions(spec: dict[str, Any]) -> dict[str, str]:
+    """Per ``_target_`` of the training nodes that neither advrun nor PyTorch defines (a model,
+    defense or training attack of one's own, a class of another package), a hash of the file that
+    defines it: a change to that file gives a new key. (A change to a file it imports is not seen.)"""
+    import importlib
+    import inspect
+
+    package = Path(__file__).resolve().parent
+    versions: dict[str, str] = {}
+    for target in sorted({t for key in TRAINING_KEYS for t in _targets(spec.get(key))}):
+        module_name = target.rpartition(".")[0]
+        if not module_name or module_name.split(".")[0] in ("advrun", "torch"):  # in code_version() already
+            continue
+        try:
+            source = inspect.getsourcefile(importlib.import_module(module_name))
+        except Exception:  # noqa: BLE001 - not a module (a nested name), or no source file: the name alone keys it
+            source = None
+        if source and Path(source).is_file() and package not in Path(source).resolve().parents:
+            versions[target] = file_digest(source)[:16]
+    return versions
 
 
 def training_key(spec: dict[str, Any]) -> str:

@@ -4,6 +4,9 @@ A mistake in the user's input (an invalid value, a missing data file) ends with 
 naming the key, exit status 2, and no result files that look like success; the run folder
 gets an ``error.txt``. Set ``ADVRUN_DEBUG=1`` to see the Python traceback instead.
 
+The folder the command is started from is put first on ``sys.path`` (as ``python -m advrun``
+does): a ``_target_`` of one's own imports from a module there without ``PYTHONPATH``.
+
 In a sweep (``advrun -m ...``) a failing job does not stop the others: its folder gets
 ``error.txt`` (and ``traceback.txt`` for an unexpected exception), one line goes to standard
 error, and the launcher goes on. The sweep summary (:mod:`advrun.sweep`) lists the job as
@@ -16,11 +19,13 @@ The command's state lives in an :class:`advrun.session.Session` for as long as i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
 import traceback
 from pathlib import Path
+from typing import Iterator
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -87,13 +92,30 @@ def _app(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    with sessions.open_session() as session:
+    with importable_from_cwd(), sessions.open_session() as session:
         try:
             _main(session)
         except KeyboardInterrupt:
             if _debug():
                 raise
             _interrupted(session)
+
+
+@contextlib.contextmanager
+def importable_from_cwd() -> Iterator[None]:
+    """While the command runs, the folder it is started from comes first on ``sys.path`` (as with
+    ``python -m advrun`` and ``python script.py``), so that a ``_target_`` of one's own, say
+    ``my_nets.MyNet``, imports from ``my_nets.py`` beside the command without ``PYTHONPATH``.
+    Only this folder is added."""
+    cwd = os.getcwd()
+    added = not any(entry in ("", cwd) for entry in sys.path)
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
 
 
 def _main(session: sessions.Session) -> None:

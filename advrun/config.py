@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from advrun.contract import import_problem
 from advrun.errors import (BUDGET, SEED, Check, ConfigError, InvalidValue, Number, Switch, check_fields, keyed,
                            require_non_negative, require_positive, shown)
 
@@ -49,6 +50,12 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
         return instantiate(node, **kwargs)
     except InstantiationException as e:
         cause = e.__cause__
+        unlocated = re.search(r"Error locating target '([^']*)'|Expected a callable target, got '<module '([^']*)'",
+                              str(e))
+        if unlocated:  # a _target_ that does not import (or names a module): say why, under its key
+            target = unlocated.group(1) if unlocated.group(1) is not None else unlocated.group(2)
+            raise ConfigError(_target_key(node, key, target), import_problem(target) or str(e).splitlines()[0]) \
+                from None
         found = re.search(r"full_key: (\S+)", str(e))
         # Hydra names list items without a dot ("attack.attacks1"): write them as "attack.attacks.1"
         where = re.sub(r"(?<=[A-Za-z_])(\d+)(?=\.|$)", r".\1", found.group(1)) if found else key
@@ -65,6 +72,28 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
         if cause is not None:
             raise ConfigError(where, f"{type(cause).__name__}: {str(cause).strip().splitlines()[0]}") from None
         raise ConfigError(where, str(e).splitlines()[0]) from None
+
+
+def _target_key(node: Any, key: str, target: str) -> str:
+    """The key of the ``_target_`` whose value is ``target`` in ``node`` (found at ``key``), such
+    as ``defense.attack._target_``; ``<key>._target_`` when none is found."""
+    def path(inner: Any) -> str | None:
+        if isinstance(inner, DictConfig):
+            if inner.get("_target_") == target:
+                return ""
+            children = inner.items_ex(resolve=False)
+        elif OmegaConf.is_list(inner):
+            children = enumerate(inner)
+        else:
+            return None
+        for name, child in children:
+            found = path(child)
+            if found is not None:
+                return f"{name}.{found}" if found else str(name)
+        return None
+
+    found = path(node)
+    return f"{key}.{found}._target_" if found else f"{key}._target_"
 
 
 def composition_error(error: HydraException | OmegaConfBaseException) -> ConfigError:

@@ -30,12 +30,12 @@ from advrun import audit, cache, certify, losses, schedules
 from advrun.attacks.base import Attack
 from advrun.attacks.norms import norm_name, parse_norm
 from advrun.checkpoints import load_weights
+from advrun.contract import accepted, check_classifier
 from advrun.config import build, check_optimizer, epsilons_from, resolve_device, to_container, validate_run
 from advrun.console import results
 from advrun.data import Dataset, load_dataset
 from advrun.errors import AdvrunError, ConfigError, OutputError, keyed
 from advrun.evaluation import CURVE_COLUMNS, intervals, robustness_curve
-from advrun.models import Classifier
 from advrun.reporting import plots
 from advrun.reporting.figures import model_figures
 from advrun.reporting.report import write_run_report
@@ -79,11 +79,18 @@ def model_spec(node: DictConfig) -> DictConfig:
     return spec
 
 
-def build_model(node: DictConfig, data: Dataset) -> Classifier:
-    """The model a ``model`` config names, sized for ``data``, normalisation fitted to its training
-    set, then the weights of ``model.checkpoint`` when one is given."""
-    model = build(model_spec(node), "model", in_shape=list(data.shape), num_classes=data.num_classes)
-    model.fit_normalization(data.x_train.cpu())
+def build_model(node: DictConfig, data: Dataset) -> nn.Module:
+    """The model a ``model`` config names, sized for ``data`` (where its constructor takes
+    ``in_shape`` and ``num_classes``), normalisation fitted to its training set (where it has
+    ``fit_normalization``), then the weights of ``model.checkpoint`` when one is given."""
+    spec = model_spec(node)
+    model = build(spec, "model", **accepted(spec.get("_target_"), in_shape=list(data.shape),
+                                            num_classes=data.num_classes))
+    if not isinstance(model, nn.Module):
+        raise ConfigError("model", f"must be a torch.nn.Module mapping inputs to logits; {spec.get('_target_')} "
+                                   f"gives a {type(model).__name__}")
+    if hasattr(model, "fit_normalization"):
+        model.fit_normalization(data.x_train.cpu())
     if node.get("checkpoint"):
         load_weights(model, node.checkpoint, probe=data.x_test)
     return model
@@ -117,6 +124,9 @@ def build_attack(cfg: DictConfig, data: Dataset, model: nn.Module) -> tuple[Atta
     if eps is None:
         eps = default_budgets(data, norm)["eps"]
     attack = build(node, "attack", eps=eps)
+    if not isinstance(attack, Attack):
+        raise ConfigError("attack._target_", f"{node._target_} gives a {type(attack).__name__}, not an attack: derive "
+                                             "from BoundedAttack, MinimumNormAttack or ThreatModelAttack (advrun.attacks)")
     with keyed("attack"):
         attack = attack.with_training_loss(cfg.train.loss)
         attack.check_classes(data.num_classes)
@@ -263,7 +273,7 @@ class RunPlan:
     device: torch.device
     generator: torch.Generator
     data: Dataset
-    model: Classifier
+    model: nn.Module
     defense: Any
     attack: Attack | None
     epsilons: list[float]
@@ -301,10 +311,16 @@ def plan(cfg: DictConfig, output_dir: str | Path) -> RunPlan:
     model = build_model(cfg.model, data).to(device)
     if cfg.train.epochs and getattr(model, "refuses_training", None):
         raise ConfigError("train.epochs", model.refuses_training)
+    check_classifier(model, data.x_train, data.num_classes, trained=cfg.train.epochs > 0)
     check_optimizer(cfg.optimizer)
-    defense = build(cfg.defense, "defense", bounds=data.bounds, criterion=cfg.train.loss)
+    defense = build(cfg.defense, "defense", **accepted(cfg.defense.get("_target_"), bounds=data.bounds,
+                                                       criterion=cfg.train.loss))
+    if not callable(getattr(defense, "loss", None)):
+        raise ConfigError("defense", f"{type(defense).__name__} has no loss(model, x, y) method: a defense is a "
+                                     "training objective")
     with keyed("defense"):
-        defense.check_model(model, data.shape)
+        if hasattr(defense, "check_model"):
+            defense.check_model(model, data.shape)
     check_loss(cfg.train.loss, data, defense)
     attack, epsilons = build_attack(cfg, data, model)
     certify_norm = certification_norm(cfg, data, model, attack)
@@ -505,7 +521,9 @@ def load_run(path: str | Path) -> Run:
     if not isinstance(info, dict) or not {"in_shape", "num_classes"} <= set(info):
         raise AdvrunError("path", f"{folder.file(RunFolder.MODEL_INFO)} is not advrun's model description "
                                   "(in_shape and num_classes)")
-    model = build(model_spec(config.model), "model", in_shape=info["in_shape"], num_classes=info["num_classes"])
+    spec = model_spec(config.model)
+    model = build(spec, "model", **accepted(spec.get("_target_"), in_shape=info["in_shape"],
+                                            num_classes=info["num_classes"]))
     load_weights(model, folder.weights, key="path")
     model.eval()
     metrics = folder.json(RunFolder.METRICS) if folder.metrics() is not None else None  # checked, then as written
