@@ -257,36 +257,48 @@ def load_tensors(path: Any = None, bounds: Any = (0.0, 1.0)):
             except Exception as e:  # noqa: BLE001 - object arrays need pickle, which is refused
                 raise DataError("dataset.path", f"{file}: {name} cannot be read without unpickling (an object array?);"
                                                 f" save numbers ({type(e).__name__})") from None
+    return checked_arrays(arrays, (low, high), "dataset.path", str(file))
+
+
+def checked_arrays(arrays: dict[str, Any], bounds: tuple[float, float], key: str, source: str) -> tuple:
+    """The data set in ``arrays`` (``x_train``, ``y_train``, ``x_test``, ``y_test``, optionally
+    ``class_names``) checked as :func:`load_dataset` needs it: inputs ``(n, features)`` or ``(n,
+    channels, height, width)`` of finite numbers within ``bounds``, labels integers 0..K-1 with
+    every class in the training set. A problem is a :class:`DataError` naming ``key`` and
+    ``source``. Returns the arrays (float32 inputs, int64 labels), the class names and the bounds."""
+    low, high = bounds
+    arrays = {name: np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
+              for name, value in arrays.items()}
     for part in ("train", "test"):
         x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
         if x.dtype.kind not in "biuf" or x.ndim not in (2, 4) or not len(x):
-            raise DataError("dataset.path", f"{file}: x_{part} must be a non-empty array of numbers of shape (n, features) "
-                                            f"or (n, channels, height, width), got {x.dtype} {x.shape}")
+            raise DataError(key, f"{source}: x_{part} must be a non-empty array of numbers of shape (n, features) "
+                         f"or (n, channels, height, width), got {x.dtype} {x.shape}")
         if y.dtype.kind not in "iu" or y.shape != (len(x),):
-            raise DataError("dataset.path", f"{file}: y_{part} must hold one integer label per row of x_{part} "
-                                            f"(shape ({len(x)},)), got {y.dtype} {y.shape}")
+            raise DataError(key, f"{source}: y_{part} must hold one integer label per row of x_{part} "
+                         f"(shape ({len(x)},)), got {y.dtype} {y.shape}")
         if not np.isfinite(x).all():
-            raise DataError("dataset.path", f"{file}: x_{part} holds NaN or infinite values")
+            raise DataError(key, f"{source}: x_{part} holds NaN or infinite values")
         if x.min() < low or x.max() > high:
-            raise DataError("dataset.bounds", f"x_{part} in {file} holds values in [{x.min():g}, {x.max():g}], outside "
-                                              f"the stated bounds [{low:g}, {high:g}]")
+            raise DataError("dataset.bounds", f"x_{part} in {source} holds values in [{x.min():g}, {x.max():g}], "
+                                              f"outside the stated bounds [{low:g}, {high:g}]")
     if arrays["x_test"].shape[1:] != arrays["x_train"].shape[1:]:
-        raise DataError("dataset.path", f"{file}: x_test's inputs have shape {arrays['x_test'].shape[1:]}, "
-                                        f"x_train's {arrays['x_train'].shape[1:]}")
+        raise DataError(key, f"{source}: x_test's inputs have shape {arrays['x_test'].shape[1:]}, "
+                         f"x_train's {arrays['x_train'].shape[1:]}")
     k = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
     for name in ("y_train", "y_test"):
         if arrays[name].min() < 0:
-            raise DataError("dataset.path", f"{file}: {name} holds the label {arrays[name].min()}; labels are 0..K-1")
+            raise DataError(key, f"{source}: {name} holds the label {arrays[name].min()}; labels are 0..K-1")
     absent = sorted(set(range(k)) - set(arrays["y_train"].tolist()))
     if k < 2 or absent:
-        raise DataError("dataset.path", f"{file}: y_train must hold every label 0..K-1 (at least two classes); "
-                                        + (f"{k - 1} is the only one" if k < 2 else f"missing: {_listed(absent)}"))
+        raise DataError(key, f"{source}: y_train must hold every label 0..K-1 (at least two classes); "
+                         + (f"{k - 1} is the only one" if k < 2 else f"missing: {_listed(absent)}"))
     names = [str(c) for c in range(k)]
     if "class_names" in arrays:
         given = arrays["class_names"]
         if given.dtype.kind != "U" or given.shape != (k,):
-            raise DataError("dataset.path", f"{file}: class_names must be {k} strings, one per label, got "
-                                            f"{given.dtype} {given.shape}")
+            raise DataError(key, f"{source}: class_names must be {k} strings, one per label, got "
+                         f"{given.dtype} {given.shape}")
         names = [str(c) for c in given]
     return (arrays["x_train"].astype(np.float32), arrays["y_train"].astype(np.int64),
             arrays["x_test"].astype(np.float32), arrays["y_test"].astype(np.int64), names, (low, high))
@@ -333,21 +345,52 @@ def _limit(x, y, n, seed):
 
 
 def load_dataset(cfg: Any) -> Dataset:
-    """Load the data set a ``dataset`` config group describes."""
+    """Load the data set a ``dataset`` config group describes: one of advrun's (``name``) or one of
+    one's own (``_target_``, see :func:`_user_arrays`)."""
     cfg = dict(cfg)
     name = cfg.get("name")
-    if name not in LOADERS:
-        raise DataError("dataset.name", f"unknown data set {shown(name)}; choose one of {sorted(LOADERS)}")
+    if not cfg.get("_target_") and name not in LOADERS:
+        raise DataError("dataset.name", f"unknown data set {shown(name)}; choose one of {sorted(LOADERS)} "
+                                        "(or name a function of your own with _target_)")
     with keyed("dataset", error=DataError):
         check_fields(cfg, {key: check for key, check in FIELDS.items() if key in cfg})
+    if cfg.get("_target_"):
+        return _finish(cfg, name or str(cfg["_target_"]), *_user_arrays(cfg))
     options = {k: v for k, v in cfg.items() if k not in COMMON_KEYS}
     seed = cfg.get("split_seed", 0)
     if name in ("digits", "moons", "folder"):
         options["split_seed"] = seed
     try:
-        x_tr, y_tr, x_te, y_te, names, *bounds = LOADERS[name](**options)
+        loaded = LOADERS[name](**options)
     except TypeError as e:
         raise DataError("dataset", str(e)) from None
+    return _finish(cfg, name, *loaded)
+
+
+def _user_arrays(cfg: dict[str, Any]) -> tuple:
+    """A data set of one's own: ``_target_`` names a callable (a function or a class) that the keys
+    of the node other than advrun's (:data:`COMMON_KEYS`, ``bounds``) are passed to and that returns
+    ``(x_train, y_train, x_test, y_test)`` or that and the class names (arrays or tensors), inputs
+    within ``bounds`` (default ``[0, 1]``); checked as ``dataset=tensors`` checks its file."""
+    from omegaconf import OmegaConf
+
+    from advrun.config import build
+
+    bounds = _bounds(cfg.get("bounds", (0.0, 1.0)))
+    node = OmegaConf.create({k: v for k, v in cfg.items() if k not in (*COMMON_KEYS, "bounds")})
+    returned = build(node, "dataset")
+    if not isinstance(returned, (tuple, list)) or len(returned) not in (4, 5):
+        raise DataError("dataset._target_", f"{cfg['_target_']} must return (x_train, y_train, x_test, y_test) or "
+                                            f"that and the class names, got {type(returned).__name__}")
+    arrays = dict(zip(TENSOR_ARRAYS, returned[:4]))
+    if len(returned) == 5:
+        arrays["class_names"] = np.asarray([str(c) for c in returned[4]])
+    return checked_arrays(arrays, bounds, "dataset._target_", str(cfg["_target_"]))
+
+
+def _finish(cfg: dict[str, Any], name: str, x_tr, y_tr, x_te, y_te, names, *bounds) -> Dataset:
+    """The loaded arrays as a :class:`Dataset`, with ``classes``, ``n_train`` and ``n_test`` applied."""
+    seed = cfg.get("split_seed", 0)
     classes = cfg.get("classes")
     x_tr, y_tr, names_kept = _keep_classes(x_tr, y_tr, classes, names)
     x_te, y_te, _ = _keep_classes(x_te, y_te, classes, names)
