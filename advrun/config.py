@@ -218,7 +218,7 @@ def _check_keys(cfg: DictConfig) -> None:
     errors: ``+train.epoch=3`` is a misspelt ``train.epochs``, not a setting to ignore. (The
     keys of the five groups are checked by the classes they build.)"""
     base = OmegaConf.load(config_dir() / "config.yaml")
-    known = (set(base) - {"defaults", "hydra"}) | set(GROUPS)
+    known = (set(base) - {"defaults", "hydra"}) | set(GROUPS) | {"logger"}  # logger.*: advrun.loggers
     for key in cfg:
         if key not in known:
             raise ConfigError(str(key), f"is not a key of advrun's config; its keys: {', '.join(sorted(known))}")

@@ -16,7 +16,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from advrun.console import results
 from advrun.data import Dataset, load_dataset
 from advrun.errors import AdvrunError, ConfigError, OutputError, keyed
 from advrun.evaluation import CURVE_COLUMNS, intervals, robustness_curve
+from advrun.loggers import Logger, build_logger
 from advrun.reporting import plots
 from advrun.reporting.figures import model_figures
 from advrun.reporting.report import write_run_report
@@ -201,9 +202,11 @@ def build_scheduler_from(train_cfg: DictConfig, optimizer: torch.optim.Optimizer
         )
 
 
-def fit(cfg, model, defense, optimizer, scheduler, data, batch_size, generator, device, out) -> tuple[pd.DataFrame, dict]:
+def fit(cfg, model, defense, optimizer, scheduler, data, batch_size, generator, device, out,
+        on_epoch=None) -> tuple[pd.DataFrame, dict]:
     """Train ``model``, or resume its training, or reuse it from the model cache; return the
-    training history and how the model was obtained (recorded in ``metrics.json``).
+    training history and how the model was obtained (recorded in ``metrics.json``). ``on_epoch``
+    gets each epoch's row as it is trained (the run's logger).
 
     With ``cache.enabled`` the resumable checkpoint lives in the cache entry (so the same config
     started again resumes, see :mod:`advrun.cache`), otherwise in the run folder.
@@ -232,7 +235,7 @@ def fit(cfg, model, defense, optimizer, scheduler, data, batch_size, generator, 
             return train(
                 model, defense, optimizer, data.x_train, data.y_train, data.x_test, data.y_test,
                 epochs=cfg.train.epochs, batch_size=batch_size, generator=generator, scheduler=scheduler,
-                checkpoint=checkpoint,
+                checkpoint=checkpoint, on_epoch=on_epoch,
             )
 
         try:
@@ -284,6 +287,7 @@ class RunPlan:
     audit: bool
     figures: bool
     started: float
+    logger: Logger = field(default_factory=lambda: Logger({}))
 
     @property
     def title(self) -> str:
@@ -304,6 +308,7 @@ def plan(cfg: DictConfig, output_dir: str | Path) -> RunPlan:
     if folder.finished():
         raise AdvrunError("hydra.run.dir", f"{folder.path} already holds a finished run; choose another output folder")
     validate_run(cfg)
+    logger = build_logger(cfg.get("logger"))  # its keys checked, its library imported, before training
     device = resolve_device(cfg.device)
     set_deterministic(cfg.get("deterministic", False))
     generator = seed_everything(cfg.seed)
@@ -336,7 +341,7 @@ def plan(cfg: DictConfig, output_dir: str | Path) -> RunPlan:
         attack=attack, epsilons=epsilons, certify_norm=certify_norm, optimizer=optimizer, scheduler=scheduler,
         batch_size=batch_size, audit=audit.requested(cfg.eval.get("audit", True)),
         figures=cfg.get("report", True),  # report=false: no figures and no report (large sweeps)
-        started=started,
+        started=started, logger=logger,
     )
 
 
@@ -393,7 +398,7 @@ def execute(plan: RunPlan) -> RunResult:
     log.info("%s: %d training and %d test samples of shape %s, %d classes, device %s", data.name,
              len(data.x_train), len(data.x_test), data.shape, data.num_classes, plan.device)
     history, training = fit(cfg, plan.model, plan.defense, plan.optimizer, plan.scheduler, data, plan.batch_size,
-                            plan.generator, plan.device, plan.folder.path)
+                            plan.generator, plan.device, plan.folder.path, on_epoch=plan.logger.log_epoch)
     seed_everything(cfg.seed)  # the attacks draw the same numbers whether the model was trained, resumed or reused
     t_train = time.perf_counter()
     x, y = plan.evaluation_set()
@@ -469,27 +474,36 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
 
     The straight pass: :func:`plan` (everything checked), :func:`execute` (the numbers),
     :meth:`RunFolder.write` (the files, ``metrics.json`` last), then the report, built from the
-    files on disk like ``advrun-report``. A report that cannot be written (a full disk) leaves the
-    results as they are: a warning says so and how to rebuild it. Returns ``metrics.json``'s record.
+    files on disk like ``advrun-report``, then the logger's final metrics and artifacts
+    (:mod:`advrun.loggers`; it saw each epoch as it was trained). A report or a logger that fails
+    (a full disk, a tracking server down) leaves the results as they are: a warning says so (and
+    how to rebuild the report). Returns ``metrics.json``'s record.
     """
     planned = plan(cfg, output_dir)
     folder = planned.folder
     if not folder.is_run():  # called from Python rather than by the advrun command
         folder.write_config(OmegaConf.to_yaml(cfg))
-    result = execute(planned)
-    folder.write(result)
+    planned.logger.start(cfg, folder)
+    try:
+        result = execute(planned)
+        folder.write(result)
+    except BaseException:
+        planned.logger.close(failed=True)
+        raise
     folder.checkpoint.unlink(missing_ok=True)
     print_summary(planned, result)
     if not planned.figures:
         results.print(f"results in {folder.path} (report=false: no figures or report)")
-        return result.metrics.to_json()
-    try:
-        write_run_report(folder.path)
-    except OutputError as e:
-        log.warning("the report could not be written: %s. The results are complete; rebuild the report with "
-                    "advrun-report %s", e, folder.path)
-        return result.metrics.to_json()
-    results.print(f"results in {folder.path} (report: {folder.reports[1]})")
+    else:
+        try:
+            write_run_report(folder.path)
+        except OutputError as e:
+            log.warning("the report could not be written: %s. The results are complete; rebuild the report with "
+                        "advrun-report %s", e, folder.path)
+        else:
+            results.print(f"results in {folder.path} (report: {folder.reports[1]})")
+    planned.logger.finish(result)  # a logger that fails warns: the results are in the folder already
+    planned.logger.close()
     return result.metrics.to_json()
 
 

@@ -13,7 +13,8 @@ A run folder holds, when the run finished (written in this order, ``metrics.json
     metrics.json            the headline numbers (:class:`Metrics`): its presence marks finished results
     report.md, report.html  the report, built from the files above (``advrun-report`` rebuilds it)
 
-and ``error.txt`` (``traceback.txt`` for a bug) when it failed, ``checkpoint.pt`` while it trains.
+``logs/`` holds the CSV files of ``logger=csv`` (without ``logger.save_dir``), and
+``error.txt`` (``traceback.txt`` for a bug) when it failed, ``checkpoint.pt`` while it trains.
 Readers (the reports, the sweep summary, ``advrun-report``, :func:`advrun.experiment.load_run`) go
 through :class:`RunFolder`; the runner hands it a :class:`RunResult` to write.
 """
@@ -227,6 +228,8 @@ class RunFolder:
     ERROR = "error.txt"
     TRACEBACK = "traceback.txt"
     CHECKPOINT = "checkpoint.pt"
+    #: ``logger=csv`` without ``logger.save_dir``: its CSV files (:mod:`advrun.loggers`).
+    LOGS = "logs"
     REPORTS = ("report.md", "report.html")
     #: Known figures, in the order reports show them.
     FIGURES = ("robustness_curve", "norm_distribution", "adversarial_gallery", "linear_model", "decision_regions",
@@ -245,6 +248,11 @@ class RunFolder:
     def checkpoint(self) -> Path:
         """The resumable training checkpoint of a run trained without the model cache."""
         return self.file(self.CHECKPOINT)
+
+    @property
+    def logs(self) -> Path:
+        """The folder of ``logger=csv``'s files when ``logger.save_dir`` is null."""
+        return self.file(self.LOGS)
 
     @property
     def weights(self) -> Path:

@@ -18,6 +18,7 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -131,10 +132,12 @@ def train(
     generator: torch.Generator,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     checkpoint: Path | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> pd.DataFrame:
     """Train ``model`` in place; return one row per epoch (mean loss, learning rate, train and
     test accuracy). ``scheduler`` is stepped after every optimizer step; ``checkpoint`` (a file
-    path) makes training resumable, see the module docstring."""
+    path) makes training resumable, see the module docstring; ``on_epoch`` gets each row as it
+    is produced (a logger, :mod:`advrun.loggers`)."""
     state = _TrainingState(model, defense, optimizer, scheduler, generator)
     if checkpoint is not None and Path(checkpoint).exists():
         state.resume(checkpoint, epochs)
@@ -153,6 +156,8 @@ def train(
             if checkpoint is not None:
                 io.save_torch(checkpoint, state.checkpoint())
             row = state.rows[-1]
+            if on_epoch is not None:
+                on_epoch(row)
             bar.update(task, description=f"training (epoch {state.epoch}/{epochs}, loss {row['loss']:.4f})")
             log.info("epoch %d/%d  loss %.4f  train acc %.2f%%  test acc %.2f%%", state.epoch, epochs, row["loss"],
                      100 * row["train_accuracy"], 100 * row["test_accuracy"])
