@@ -193,7 +193,8 @@ def _pooled(jobs: pd.DataFrame, name: str) -> tuple[float, float, float]:
     denominators = jobs[total] if total in jobs else pd.Series(math.nan, index=jobs.index)
     counts = jobs[count] if count in jobs else pd.Series(math.nan, index=jobs.index)
     if total == "n_eval":
-        counts = counts.fillna((jobs[name] * jobs["n_eval"]).round())
+        implied = (pd.to_numeric(jobs[name], errors="coerce") * pd.to_numeric(jobs["n_eval"], errors="coerce")).round()
+        counts = pd.to_numeric(counts, errors="coerce").fillna(implied)
     if counts.isna().any() or denominators.isna().any() or denominators.sum() == 0:
         return math.nan, math.nan, math.nan
     low, high = clopper_pearson(counts.mean(), denominators.mean())
