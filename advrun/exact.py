@@ -33,12 +33,13 @@ Per sample, budget and class ``j`` the solver first decides whether ``margin_j <
 feasible (objective 0: it stops at the first feasible point), with ``tau = 1e-6 (1 + max |z(x)|)``
 a small band above 0 so that an infeasibility proof never rests on the solver's own tolerances
 (primal feasibility 1e-7, integrality 1e-6): infeasible proves ``margin_j > tau > 0`` over the
-whole set. A feasible point has its binaries fixed and the margin minimised over that linear
-piece (a linear program), and the point is checked by running the float64 model on it
-(projected onto the set first): a margin below ``-1e-9 (1 + max |z|)`` is a counterexample.
-Otherwise (a point within rounding of the boundary, or one the solver's integrality tolerance
-let through) the margin is minimised over the whole program and the incumbent checked the same
-way. A class that CROWN's margin bound already proves (``screen``) is not solved.
+whole set. A feasible point is checked by running the float64 model on it (projected onto the
+set first): a margin below ``-1e-9 (1 + max |z|)`` is a counterexample. If it is not, its
+binaries are fixed and the margin minimised over that linear piece (a linear program) and the
+new point checked the same way; failing that (a point within rounding of the boundary, or one
+the solver's integrality tolerance let through) the margin is minimised over the whole program
+and the incumbent checked the same way. A class that CROWN's margin bound already proves
+(``screen``) is not solved.
 
 Verdicts, per sample and budget: ``1`` (:data:`ROBUST`) every class proven; ``0``
 (:data:`NOT_ROBUST`) a counterexample checked on the model, or the clean point misclassified
@@ -247,7 +248,8 @@ class _Program:
         self._limits: list[tuple[np.ndarray, np.ndarray]] = []
 
     def variables(self, lower, upper, integer: bool = False) -> np.ndarray:
-        lower, upper = np.atleast_1d(np.asarray(lower, dtype=np.float64)), np.atleast_1d(np.asarray(upper, dtype=np.float64))
+        lower = np.atleast_1d(np.asarray(lower, dtype=np.float64))
+        upper = np.atleast_1d(np.asarray(upper, dtype=np.float64))
         index = np.arange(self.n, self.n + len(lower))
         self._bounds.append((lower, upper, integer))
         self.n += len(lower)
@@ -433,7 +435,6 @@ class _Solver:
         A, lower, upper, var_lower, var_upper, integrality = parts
         cut = sparse.vstack([A, sparse.csr_matrix(objective[None])]).tocsr()
         cut_lower, cut_upper = np.append(lower, -math.inf), np.append(upper, sample.tau - constant)
-        candidates: list[np.ndarray] = []
         for stage in ("feasibility", "minimum"):
             left = sample.deadline - time.perf_counter()
             if left < _SHORTEST:
@@ -445,20 +446,20 @@ class _Solver:
                 return (ROBUST if stage == "feasibility" else UNKNOWN), None
             if result.x is None:
                 return UNKNOWN, None
-            candidates = [result.x]
+            point = self.project(result.x[:self.encoder.d], sample, eps)
+            if self.margin(point, sample.y) < -TIE:
+                return NOT_ROBUST, point
             if integrality.any() and time.perf_counter() < sample.deadline - _SHORTEST:
-                fixed = np.round(np.clip(result.x, var_lower, var_upper))
+                fixed = np.round(np.clip(result.x, var_lower, var_upper))  # the point's linear piece
                 piece_lower = np.where(integrality == 1, fixed, var_lower)
                 piece_upper = np.where(integrality == 1, fixed, var_upper)
                 piece = self._milp(objective, A, lower, upper, piece_lower, piece_upper, np.zeros_like(integrality),
                                    sample.deadline - time.perf_counter())
                 sample.solves += 1
                 if piece.x is not None:
-                    candidates.insert(0, piece.x)
-            for candidate in candidates:
-                point = self.project(candidate[:self.encoder.d], sample, eps)
-                if self.margin(point, sample.y) < -TIE:
-                    return NOT_ROBUST, point
+                    point = self.project(piece.x[:self.encoder.d], sample, eps)
+                    if self.margin(point, sample.y) < -TIE:
+                        return NOT_ROBUST, point
         return UNKNOWN, None
 
 
@@ -547,7 +548,7 @@ def verification(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: S
                 continue
             k = open_[len(open_) // 2]
             verdict, point = _decide_budget(solver, encoder, sample, budgets[k], screened[k][i],
-                                            lambda k=k: [(lower[i], upper[i]) for lower, upper in bounds_at(k)], box)
+                                            lambda k=k, i=i: [(lower[i], upper[i]) for lower, upper in bounds_at(k)], box)
             if verdict == ROBUST:
                 smaller = row[: k + 1]
                 smaller[(smaller == _UNDECIDED) | (smaller == UNKNOWN)] = ROBUST
