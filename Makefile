@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_runner.py
 	$(BIN)/python benchmarks/bench_attacks.py
 	$(BIN)/python benchmarks/bench_sweep.py
+	$(BIN)/python benchmarks/bench_certify.py
 
 # The reference pages in docs/ as a site in site/ (MkDocs; --strict: any warning, such as a broken link
 # or a page missing from the navigation in mkdocs.yml, fails the build). Installs the docs extra first.
