@@ -212,14 +212,15 @@ def relaxation(module: nn.Module, lower: torch.Tensor, upper: torch.Tensor) -> L
     safe = torch.where(flat, 1.0, width)
     if name in ("relu", "leaky_relu", "abs"):
         slope = float(module.negative_slope) if name == "leaky_relu" else (-1.0 if name == "abs" else 0.0)
-        low_value, up_value = module(lower), module(upper)
+        # the values in exact arithmetic (torch's vectorised leaky relu rounds its slope to float32)
+        low_value, up_value = (torch.where(t > 0, t, slope * t) for t in (lower, upper))
         chord = (up_value - low_value) / safe
         across = (lower < 0) & (upper > 0)
-        up_slope = torch.where(across, chord, torch.where(upper <= 0, slope, 1.0))
+        one, below = torch.ones_like(lower), torch.full_like(lower, slope)  # in the bounds' dtype, not float32
+        up_slope = torch.where(across, chord, torch.where(upper <= 0, below, one))
         up_shift = torch.where(across, up_value - chord * upper, 0.0)
-        adaptive = torch.where(upper > -lower, 1.0, slope)
-        low_slope = torch.where(across, adaptive if name != "abs" else torch.where(upper >= -lower, 1.0, -1.0),
-                                up_slope)
+        adaptive = torch.where(upper > -lower, one, below if name != "abs" else -one)  # CROWN's lower slope
+        low_slope = torch.where(across, adaptive, up_slope)
         return Lines(low_slope, torch.zeros_like(lower), up_slope, up_shift)
     smooth = activation.smooth(module)
     low_value, up_value = module(lower), module(upper)
