@@ -315,3 +315,144 @@ def describe(norm: object, bound: str = "local") -> str:
     """Short label for tables and plots, e.g. ``certified-l2``; ``certified-l2-lipschitz`` for the paper's constant."""
     p = _parse(norm, bound)
     return f"certified-{norm_name(p)}" + ("" if bound == "local" else f"-{bound}")
+
+
+# ------------------------------------------------------------------------- every method, by name
+
+#: Methods ``eval.certify`` names (``auto`` chooses among them, :func:`choose`).
+METHODS = ("ibp", "crown", "exact", "smoothing", "hein")
+#: What each method certifies, for reports.
+SUBJECTS = {method: "the model" for method in METHODS} | {"smoothing": "the smoothed classifier"}
+#: Logit-difference coefficients held at once per bound pass (samples x classes x widest layer).
+_BOUND_ENTRIES = 2**24
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """Per sample and budget (ascending), whether ``method`` proved that no input of the ball
+    (inside the data box) changes the decision of its subject (``SUBJECTS``). ``radii`` (float64,
+    per sample) where the method gives a radius, ``unknown`` (bool, per sample and budget) where
+    the exact verifier ran out of time. A sample proven at a budget is counted proven at every
+    smaller one (the balls are nested)."""
+
+    method: str
+    epsilons: list[float]
+    verdicts: torch.Tensor
+    radii: torch.Tensor | None = None
+    unknown: torch.Tensor | None = None
+
+    @property
+    def label(self) -> str:
+        """The curve's ``attack`` name of the certified rows, e.g. ``certified-crown``."""
+        return f"certified-{self.method}"
+
+    def accuracy(self) -> list[float]:
+        """Per budget, the share of ALL samples proven (a lower bound on robust accuracy, except
+        for smoothing, which proves the smoothed classifier)."""
+        return self.verdicts.double().mean(dim=0).tolist()
+
+
+def check_method(model: nn.Module, method: str, norm: object, in_shape: Sequence[int]) -> None:
+    """Raise :class:`InvalidValue` unless ``method`` can certify ``model`` in ``norm`` (before training)."""
+    p = _parse(norm)
+    if method == "hein":
+        check_certifiable(model, p, in_shape)
+    elif method in ("ibp", "crown"):
+        from advrun.bounds import BoundedNetwork
+
+        with eval_mode(model):
+            BoundedNetwork(model, in_shape)
+    elif method == "exact":
+        from advrun.exact import check_exact
+
+        check_exact(model, in_shape, p)
+    elif method == "smoothing":
+        if p != 2.0:
+            raise InvalidValue("norm", f"randomized smoothing certifies L2 radii only, not {norm_name(p)}")
+    else:
+        raise InvalidValue("method", f"choose one of {', '.join(METHODS)} or auto, got {method!r}")
+
+
+def _applies(model: nn.Module, method: str, norm: float, in_shape: Sequence[int]) -> bool:
+    try:
+        check_method(model, method, norm, in_shape)
+    except InvalidValue:
+        return False
+    return True
+
+
+def choose(model: nn.Module, norm: object, in_shape: Sequence[int]) -> list[str]:
+    """The methods ``auto`` runs: ``hein`` where it applies (exact for affine models; the
+    Hein-Andriushchenko bound for one hidden layer), together with ``crown`` for networks (the
+    union of two sound proofs); ``crown`` for any other network of supported layers; nothing for
+    the rest. The exact verifier (time exponential in the unstable units) and smoothing (another
+    classifier) run only by name."""
+    p = _parse(norm)
+    chosen = [method for method in ("hein", "crown") if _applies(model, method, p, in_shape)]
+    with eval_mode(model), torch.enable_grad():
+        affine = "hein" in chosen and isinstance(decompose(model, probe_points(in_shape, parameter_like(model))),
+                                                 AffinePart)
+    return ["hein"] if affine else chosen
+
+
+def _bound_verdicts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: float, epsilons: list[float],
+                    method: str, box: tuple[float, float] | None, batch_size: int) -> torch.Tensor:
+    from advrun.bounds import BoundedNetwork, float64_copy
+
+    copied = float64_copy(model).eval()
+    network = BoundedNetwork(copied, x.shape[1:])
+    widest = max(math.prod(shape) for shape in network.shapes)
+    step = max(1, min(batch_size, _BOUND_ENTRIES // (network.num_classes * widest)))
+    verdicts = []
+    with torch.no_grad():
+        for i in range(0, len(x), step):
+            xb, yb = x[i : i + step].double(), y[i : i + step]
+            verdicts.append(torch.stack([network.margins(xb, yb, eps, p, box, method).best.amin(dim=1) > 0
+                                         for eps in epsilons], dim=1))
+    return torch.cat(verdicts)
+
+
+def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: object, epsilons: Sequence[float],
+            method: str, *, box: tuple[float, float] | None = (0.0, 1.0), batch_size: int = 500,
+            time_limit: float = 10.0, smoothing=None, seed: int = 0) -> Certificate:
+    """Certify ``model`` at every budget of ``epsilons`` with ``method`` (:data:`METHODS`; a
+    ``+``-joined list, as :func:`choose` returns, takes the union of the methods' proofs).
+
+    ``box``: the data bounds the inputs stay in (IBP, CROWN and the exact verifier use them; the
+    closed forms of ``hein`` ignore them, which keeps their radii valid). ``time_limit``: the
+    exact verifier's seconds per sample. ``smoothing``: a :class:`advrun.smoothing.Smoothing`
+    (its defaults when None), with ``seed`` for its noise."""
+    p = _parse(norm)
+    budgets = sorted(float(eps) for eps in epsilons)
+    x, y = x.detach(), y.detach()
+    names = method.split("+")
+    verdicts = torch.zeros(len(x), len(budgets), dtype=torch.bool, device=x.device)
+    radii = unknown = None
+    with eval_mode(model):
+        with torch.no_grad():
+            correct = torch.cat([model(x[i : i + batch_size]).argmax(dim=1) == y[i : i + batch_size]
+                                 for i in range(0, len(x), batch_size)]) if len(x) else verdicts[:, 0]
+        for name in names:
+            if name not in METHODS:
+                raise InvalidValue("method", f"choose one of {', '.join(METHODS)} or auto, got {name!r}")
+            if name == "hein":
+                radii = certified_radii(model, x, y, p, batch_size=batch_size)
+                proven = radii[:, None] > torch.tensor(budgets, dtype=radii.dtype, device=radii.device)
+            elif name in ("ibp", "crown"):
+                proven = _bound_verdicts(model, x, y, p, budgets, name, box, batch_size) & correct[:, None]
+            elif name == "exact":
+                from advrun.exact import verify
+
+                found = verify(model, x, y, budgets, p, box=box, time_limit=time_limit)
+                proven, unknown = found == 1, found == -1
+            else:
+                from advrun.smoothing import Smoothing, certified_radii as smoothed_radii
+
+                radii = smoothed_radii(model, x, y, smoothing or Smoothing(), seed)
+                proven = radii[:, None] > torch.tensor(budgets, dtype=radii.dtype, device=radii.device)
+            verdicts |= proven.to(verdicts.device)
+    # proven at a budget: proven at every smaller one (the reversed running maximum)
+    verdicts = verdicts.flip(1).to(torch.uint8).cummax(dim=1).values.flip(1).bool()
+    if unknown is not None:
+        unknown &= ~verdicts
+    return Certificate(method, budgets, verdicts, radii, unknown)

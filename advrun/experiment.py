@@ -34,14 +34,15 @@ from advrun.contract import accepted, check_classifier
 from advrun.config import build, check_optimizer, epsilons_from, resolve_device, to_container, validate_run
 from advrun.console import results
 from advrun.data import Dataset, load_dataset
-from advrun.errors import AdvrunError, ConfigError, OutputError, keyed
+from advrun.errors import AdvrunError, ConfigError, InvalidValue, OutputError, keyed, require_positive, shown
 from advrun.evaluation import CURVE_COLUMNS, intervals, robustness_curve
 from advrun.loggers import Logger, build_logger
 from advrun.reporting import plots
 from advrun.reporting.figures import model_figures
 from advrun.reporting.report import write_run_report
 from advrun.reporting.tables import clean_summary, summary_table
-from advrun.runfolder import Metrics, RunFolder, RunResult
+from advrun.runfolder import Metrics, RunFolder, RunResult, is_certified
+from advrun.smoothing import Smoothing
 from advrun.stats import METHOD
 from advrun.training import HISTORY_COLUMNS, CorruptCheckpoint, NonFiniteLoss, accuracy, batch_starts, train
 from advrun.versions import git_commit, versions
@@ -137,39 +138,81 @@ def build_attack(cfg: DictConfig, data: Dataset, model: nn.Module) -> tuple[Atta
     return attack, epsilons_from(list(grid) + [attack.eps], "eval.epsilons")
 
 
-def certification_norm(cfg: DictConfig, data: Dataset, model: nn.Module, attack: Attack | None) -> float | None:
-    """The norm in which to certify the trained model, or None.
+@dataclass(frozen=True)
+class Certification:
+    """How the trained model is certified: ``method`` (:data:`advrun.certify.METHODS`, or a
+    ``+``-joined union as ``auto`` chooses), in the attack's ``norm``, with the exact verifier's
+    ``time_limit`` (seconds per sample) and the ``smoothing`` settings."""
 
-    ``eval.certify: auto`` certifies where :mod:`advrun.certify` has a guarantee for the model
-    (linear models, one-hidden-layer networks with smooth activations), ``true`` requires it
-    (an error before training otherwise), ``false`` never certifies. The norm is the attack's.
+    method: str
+    norm: float
+    time_limit: float
+    smoothing: Smoothing
+
+
+def plan_certification(cfg: DictConfig, data: Dataset, model: nn.Module, attack: Attack | None) -> Certification | None:
+    """How to certify the trained model, or None (docs/certification.md).
+
+    ``eval.certify: auto`` certifies with the tightest methods that apply to the model without
+    running for long (:func:`advrun.certify.choose`), ``true`` requires that one applies (an
+    error before training otherwise), a method's name (``ibp``, ``crown``, ``exact``,
+    ``smoothing``, ``hein``) requires that method, ``false`` never certifies. The norm is the
+    attack's.
     """
     mode = cfg.eval.get("certify", "auto")
-    if mode not in ("auto", True, False):
-        raise ConfigError("eval.certify", f"must be auto, true or false, got {mode!r}")
+    if mode not in ("auto", True, False, *certify.METHODS):
+        raise ConfigError("eval.certify", f"must be auto, true, false or a method ({', '.join(certify.METHODS)}), "
+                                          f"got {shown(mode)}")
     if mode is False or attack is None or attack.certificate_norm is None:
-        if mode is True:
+        if mode not in ("auto", False):
             raise ConfigError("eval.certify", "certification needs an Lp attack (its norm is the budget's norm)")
         return None
-    if mode == "auto":
-        return attack.norm if certify.supports(model, attack.norm, data.shape) else None
-    with keyed("model", note=" (eval.certify=true)"):
-        certify.check_certifiable(model, attack.norm, data.shape)
-    return attack.norm
+    norm = attack.norm
+    time_limit = cfg.eval.exact.time_limit
+    with keyed("eval.exact"):
+        require_positive("time_limit", time_limit)
+    with keyed("eval.smoothing"):
+        smoothing = Smoothing(**to_container(cfg.eval.smoothing))
+    if mode in ("auto", True):
+        methods = certify.choose(model, norm, data.shape)
+        if not methods and mode is True:
+            _check_method(model, "crown", norm, data.shape, "true")
+        return Certification("+".join(methods), norm, time_limit, smoothing) if methods else None
+    _check_method(model, mode, norm, data.shape, mode)
+    return Certification(mode, norm, time_limit, smoothing)
 
 
-def certified_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: float, epsilons) -> pd.DataFrame:
-    """Rows of the curve for the certified accuracy (a lower bound on robust accuracy; same denominator)."""
+def _check_method(model: nn.Module, method: str, norm: float, in_shape, mode: Any) -> None:
+    """:func:`advrun.certify.check_method`, its refusal reported under ``attack.norm`` (the norm is
+    the attack's) or ``model``."""
+    try:
+        certify.check_method(model, method, norm, in_shape)
+    except InvalidValue as e:
+        key = "attack.norm" if e.field == "norm" else f"model.{e.field}"
+        raise ConfigError(key, f"{e.message} (eval.certify={str(mode).lower()})") from None
+
+
+def certified_curve(plan: "RunPlan", x: torch.Tensor, y: torch.Tensor) -> pd.DataFrame:
+    """Rows of the curve for the certified accuracy (a lower bound on robust accuracy, same
+    denominator; for smoothing, the smoothed classifier's), ``attack`` ``certified-<method>``."""
     start = time.perf_counter()
-    radii = certify.certified_radii(model, x, y, norm)
-    accuracies = certify.certified_accuracy(radii, epsilons)
+    how = plan.certification
+    certificate = certify.certify(plan.model, x, y, how.norm, plan.epsilons, how.method, box=plan.data.bounds,
+                                  batch_size=plan.cfg.eval.batch_size, time_limit=how.time_limit,
+                                  smoothing=how.smoothing, seed=plan.cfg.seed)
     seconds = time.perf_counter() - start
-    proven = radii[radii > 0]
+    radii = certificate.radii
+    proven = radii[radii > 0] if radii is not None else radii
+    median = float(proven.median()) if proven is not None and len(proven) else math.nan
     rows = [{
-        "attack": "certified", "norm": norm_name(norm), "eps": float(eps), "n_samples": len(x),
-        "n_robust": round(accuracy * len(x)), "robust_accuracy": accuracy,
-        "median_norm": float(proven.median()) if len(proven) else math.nan, "time_s": seconds,
-    } for eps, accuracy in zip(epsilons, accuracies)]
+        "attack": certificate.label, "norm": norm_name(how.norm), "eps": eps, "n_samples": len(x),
+        "n_robust": int(certificate.verdicts[:, k].sum()), "robust_accuracy": accuracy,
+        "median_norm": median, "time_s": seconds,
+    } for k, (eps, accuracy) in enumerate(zip(certificate.epsilons, certificate.accuracy()))]
+    if certificate.unknown is not None and certificate.unknown.any():
+        log.info("certification (%s): %d of %d samples left unknown at some budget (eval.exact.time_limit %gs "
+                 "per sample); they count as not certified", how.method, int(certificate.unknown.any(1).sum()),
+                 len(x), how.time_limit)
     return pd.DataFrame([row | intervals(row) for row in rows], columns=CURVE_COLUMNS)
 
 
@@ -280,7 +323,7 @@ class RunPlan:
     defense: Any
     attack: Attack | None
     epsilons: list[float]
-    certify_norm: float | None
+    certification: Certification | None
     optimizer: torch.optim.Optimizer
     scheduler: Any
     batch_size: int
@@ -328,7 +371,7 @@ def plan(cfg: DictConfig, output_dir: str | Path) -> RunPlan:
             defense.check_model(model, data.shape)
     check_loss(cfg.train.loss, data, defense)
     attack, epsilons = build_attack(cfg, data, model)
-    certify_norm = certification_norm(cfg, data, model, attack)
+    certification = plan_certification(cfg, data, model, attack)
     # the optimizer last: PyTorch's first optimizer imports torch._dynamo (seconds), which a
     # mistake found above need not wait for
     optimizer = build(cfg.optimizer, "optimizer", params=model.parameters())
@@ -338,7 +381,7 @@ def plan(cfg: DictConfig, output_dir: str | Path) -> RunPlan:
     scheduler = build_scheduler_from(cfg.train, optimizer, steps_per_epoch)
     return RunPlan(
         cfg=cfg, folder=folder, device=device, generator=generator, data=data, model=model, defense=defense,
-        attack=attack, epsilons=epsilons, certify_norm=certify_norm, optimizer=optimizer, scheduler=scheduler,
+        attack=attack, epsilons=epsilons, certification=certification, optimizer=optimizer, scheduler=scheduler,
         batch_size=batch_size, audit=audit.requested(cfg.eval.get("audit", True)),
         figures=cfg.get("report", True),  # report=false: no figures and no report (large sweeps)
         started=started, logger=logger,
@@ -365,8 +408,8 @@ def evaluate(plan: RunPlan, x: torch.Tensor, y: torch.Tensor) -> Evaluated:
     evaluation = robustness_curve(plan.model, attack, x, y, plan.epsilons, bounds=data.bounds,
                                   batch_size=plan.cfg.eval.batch_size)
     curve = evaluation.curve
-    if plan.certify_norm is not None:
-        certified = certified_curve(plan.model, x, y, plan.certify_norm, plan.epsilons)
+    if plan.certification is not None:
+        certified = certified_curve(plan, x, y)
         curve = pd.concat([curve, certified], ignore_index=True)
     start = time.perf_counter()
     checks = audit_evaluation(plan, x, y, evaluation) if plan.audit else None
@@ -440,8 +483,9 @@ def run_metrics(plan: RunPlan, history: pd.DataFrame, clean: float, n_eval: int,
     if evaluated is not None:
         curve = evaluated.curve
         headline = attack.headline_row(curve[curve["attack"] == attack.name])
-        certified = curve[(curve["attack"] == "certified") & (curve["eps"] == attack.eps)]
+        certified = curve[curve["attack"].map(is_certified) & (curve["eps"] == attack.eps)]
         if len(certified):
+            metrics.certified_method = plan.certification.method
             metrics.certified_accuracy = float(certified["robust_accuracy"].iloc[0])
             metrics.counts["n_certified"] = int(certified["n_robust"].iloc[0])
         metrics.counts.update({count: int(headline[count]) for count in ("n_robust", "n_eligible", "n_success")})

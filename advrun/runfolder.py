@@ -63,13 +63,23 @@ PROPORTIONS = {
 }
 
 
+#: The ``attack`` of a curve's certified rows: ``certified-<method>`` (``certified`` in files of older versions).
+CERTIFIED = "certified"
+
+
+def is_certified(attack: object) -> bool:
+    """Whether a curve row with this ``attack`` holds certified accuracy (a proof) rather than an attack's."""
+    return isinstance(attack, str) and (attack == CERTIFIED or attack.startswith(f"{CERTIFIED}-"))
+
+
 @dataclass
 class Metrics:
     """The schema of ``metrics.json``: headline results, how the run was made, and its timings.
 
     The attack's fields (``attack`` to ``curve``) are None for a run without an attack;
     ``eps`` is None for an attack outside the Lp threat model; ``certified_accuracy`` is there
-    when the model was certified; ``audit`` holds the audit's counts when it ran.
+    when the model was certified, by ``certified_method`` (:data:`advrun.certify.METHODS`,
+    ``+``-joined for a union; smoothing certifies the smoothed classifier); ``audit`` holds the audit's counts when it ran.
 
     Each accuracy and success rate has its 95% Clopper-Pearson interval ``<name>_ci`` (``[low,
     high]``), and ``counts`` the numbers of samples it is counted from (``n_correct``,
@@ -90,6 +100,7 @@ class Metrics:
     robust_accuracy: float | None = None
     success_rate: float | None = None
     certified_accuracy: float | None = None
+    certified_method: str | None = None
     clean_accuracy_ci: list[float] | None = None
     robust_accuracy_ci: list[float] | None = None
     success_rate_ci: list[float] | None = None
@@ -111,13 +122,13 @@ class Metrics:
         **{name: (int,) for name in ("n_train", "n_test", "n_eval")},
         **{name: (int, float, None) for name in ("clean_accuracy", "test_accuracy", "final_train_loss", "eps",
                                                   "robust_accuracy", "success_rate", "certified_accuracy")},
-        **{name: (str, None) for name in ("dataset", "attack", "norm", "device", "git_commit")},
+        **{name: (str, None) for name in ("dataset", "attack", "norm", "device", "git_commit", "certified_method")},
         **{name: (dict,) for name in ("seeds", "versions", "training", "timings", "counts")},
         **{interval: (list, None) for interval, _, _ in PROPORTIONS.values()},
         "audit": (dict, None), "curve": (list, None), "seed": (int, None), "deterministic": (bool,),
     }
     #: Fields left out of ``metrics.json`` while they are None.
-    _OPTIONAL: ClassVar[tuple[str, ...]] = ("certified_accuracy", "certified_accuracy_ci", "audit")
+    _OPTIONAL: ClassVar[tuple[str, ...]] = ("certified_accuracy", "certified_method", "certified_accuracy_ci", "audit")
     #: Fields of the attack, left out together when there is none.
     _ATTACK: ClassVar[tuple[str, ...]] = ("norm", "eps", "robust_accuracy", "success_rate", "robust_accuracy_ci",
                                           "success_rate_ci", "curve")

@@ -169,12 +169,13 @@ def test_certified_accuracy_is_drawn_next_to_the_attack_and_never_above_it(make_
     metrics = experiment.run(make_cfg("model=logreg", "optimizer.lr=0.01", "train.epochs=5", "attack.steps=20",
                                       "device=cpu"), tmp_path)
     curve = pd.read_csv(tmp_path / "curve.csv")
-    certified = curve[curve["attack"] == "certified"].set_index("eps")["robust_accuracy"]
+    certified = curve[curve["attack"] == "certified-hein"].set_index("eps")["robust_accuracy"]
     attacked = curve[curve["attack"] == "pgd"].set_index("eps")["robust_accuracy"]
     assert list(certified.index) == list(attacked.index) and certified.iloc[0] == pytest.approx(attacked.iloc[0])
     assert (certified <= attacked + 1e-12).all() and certified.iloc[1] > 0
     assert metrics["certified_accuracy"] == pytest.approx(certified.loc[metrics["eps"]])
-    rows = curve[curve["attack"] == "certified"]
+    assert metrics["certified_method"] == "hein"  # an affine model: the exact distance to its boundary
+    rows = curve[curve["attack"] == "certified-hein"]
     assert (rows["n_robust"] == (rows["robust_accuracy"] * rows["n_samples"]).round()).all()
     assert (rows["robust_accuracy_low"] <= rows["robust_accuracy"]).all()
     assert (rows["robust_accuracy"] <= rows["robust_accuracy_high"]).all() and rows["success_rate_low"].isna().all()
@@ -184,12 +185,57 @@ def test_certified_accuracy_is_drawn_next_to_the_attack_and_never_above_it(make_
                                                                headline["robust_accuracy_high"]])
 
 
-def test_certification_is_skipped_or_refused_where_no_guarantee_exists(make_cfg, tmp_path):
-    experiment.run(make_cfg(*TINY, "attack.steps=2"), tmp_path / "auto")  # a ReLU MLP: no guarantee
-    assert "certified" not in set(pd.read_csv(tmp_path / "auto" / "curve.csv")["attack"])
+def test_auto_certifies_a_relu_network_with_crown_and_a_named_method_is_required(make_cfg, tmp_path):
+    metrics = experiment.run(make_cfg(*TINY, "attack.steps=10", "eval.epsilons=[0,0.02,0.1]"), tmp_path / "auto")
+    curve = pd.read_csv(tmp_path / "auto" / "curve.csv")
+    certified = curve[curve["attack"] == "certified-crown"].set_index("eps")["robust_accuracy"]
+    attacked = curve[curve["attack"] == "pgd"].set_index("eps")["robust_accuracy"]
+    assert metrics["certified_method"] == "crown" and list(certified.index) == [0.0, 0.02, 0.1]
+    assert certified.loc[0.0] == pytest.approx(attacked.loc[0.0])  # at eps 0 a proof is the clean verdict
+    assert (certified <= attacked + 1e-12).all() and certified.loc[0.02] > 0
+    experiment.run(make_cfg(*TINY, "attack.steps=2", "eval.certify=ibp", "eval.epsilons=[0,0.02]"), tmp_path / "ibp")
+    ibp = pd.read_csv(tmp_path / "ibp" / "curve.csv").query("attack == 'certified-ibp'").set_index("eps")
+    assert list(ibp.index) == list(certified.index)  # the same trained model (from the cache): IBP <= CROWN
+    assert (ibp["robust_accuracy"] <= certified + 1e-12).all()
     with pytest.raises(ConfigError) as info:
-        experiment.run(make_cfg(*TINY, "eval.certify=true", "model.hidden=[16]"), tmp_path / "required")
-    assert info.value.key == "model.activation"
+        experiment.run(make_cfg(*TINY, "eval.certify=hein", "model.hidden=[16]"), tmp_path / "hein")
+    assert info.value.key == "model.activation" and "eval.certify=hein" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        experiment.run(make_cfg(*TINY, "eval.certify=smoothing"), tmp_path / "smoothing")  # the attack is Linf
+    assert info.value.key == "attack.norm"
+    with pytest.raises(ConfigError) as info:
+        experiment.run(make_cfg(*TINY, "eval.certify=sometimes"), tmp_path / "bad")
+    assert info.value.key == "eval.certify"
+    with pytest.raises(ConfigError) as info:
+        experiment.run(make_cfg(*TINY, "eval.certify=smoothing", "attack.norm=2", "eval.smoothing.n=0"), tmp_path / "n")
+    assert info.value.key == "eval.smoothing.n"
+
+
+def test_exact_certifies_between_crown_and_the_attack(make_cfg, tmp_path):
+    common = [*TINY, "model.hidden=[16]", "attack.steps=20", "eval.epsilons=[0,0.02,0.05]", "eval.n_samples=30"]
+    experiment.run(make_cfg(*common, "eval.certify=crown"), tmp_path / "crown")
+    metrics = experiment.run(make_cfg(*common, "eval.certify=exact", "eval.exact.time_limit=5"), tmp_path / "exact")
+    curve = pd.read_csv(tmp_path / "exact" / "curve.csv")
+    exact = curve[curve["attack"] == "certified-exact"].set_index("eps")["robust_accuracy"]
+    attacked = curve[curve["attack"] == "pgd"].set_index("eps")["robust_accuracy"]
+    crown = pd.read_csv(tmp_path / "crown" / "curve.csv").query("attack == 'certified-crown'").set_index("eps")
+    assert metrics["certified_method"] == "exact"
+    assert list(crown.index) == list(exact.index) == [0.0, 0.02, 0.05, 0.1]  # the grid and the headline eps
+    assert (crown["robust_accuracy"] <= exact + 1e-12).all() and (exact <= attacked + 1e-12).all()
+    with pytest.raises(ConfigError) as info:
+        experiment.run(make_cfg(*common, "eval.certify=exact", "eval.exact.time_limit=0"), tmp_path / "limit")
+    assert info.value.key == "eval.exact.time_limit"
+
+
+def test_smoothing_certifies_the_smoothed_classifier_and_says_so(make_cfg, tmp_path):
+    metrics = experiment.run(make_cfg(*TINY, "attack.norm=2", "attack.eps=0.5", "attack.steps=2",
+                                      "eval.epsilons=[0,0.25,0.5]", "eval.certify=smoothing", "eval.n_samples=40",
+                                      "eval.smoothing.n=500", "eval.smoothing.n0=20", "report=true"), tmp_path)
+    curve = pd.read_csv(tmp_path / "curve.csv")
+    rows = curve[curve["attack"] == "certified-smoothing"]
+    assert list(rows["eps"]) == [0.0, 0.25, 0.5] and rows["robust_accuracy"].is_monotonic_decreasing
+    assert metrics["certified_method"] == "smoothing" and rows["median_norm"].notna().all()
+    assert "the smoothed classifier's, not the model's" in (tmp_path / "report.md").read_text()
 
 
 def test_report_false_keeps_the_results_and_skips_figures_and_report(make_cfg, tmp_path):

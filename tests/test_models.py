@@ -461,7 +461,7 @@ def test_binary_logreg_runs_end_to_end_with_exact_attack_and_certificate(make_cf
     assert weights["1.weight"].shape == (1, 64)
     curve = pd.read_csv(tmp_path / "curve.csv")
     exact = curve[curve["attack"] == "linear_exact"].set_index("eps")["robust_accuracy"]
-    certified = curve[curve["attack"] == "certified"].set_index("eps")["robust_accuracy"]
+    certified = curve[curve["attack"] == "certified-hein"].set_index("eps")["robust_accuracy"]
     # a proven lower bound never exceeds the exact attack; both are k / N on the same N, read back
     # from CSV, so 1e-12 only absorbs the decimal round trip (~1e-16)
     assert (certified <= exact + 1e-12).all()

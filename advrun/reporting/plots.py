@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from advrun import io  # noqa: E402
+from advrun.runfolder import is_certified  # noqa: E402
 
 _NORM_LABEL = {"linf": r"$L_\infty$", "l2": r"$L_2$", "l1": r"$L_1$"}
 #: The formats every figure is saved in.
@@ -50,6 +51,14 @@ def norm_axis_label(norms, bounds=(0.0, 1.0)) -> str:
     return f"budget epsilon ({names} norm; inputs in [{bounds[0]:g}, {bounds[1]:g}])"
 
 
+def certified_label(attack: str, norm: str) -> str:
+    """The legend of certified rows: the method, and what its number bounds."""
+    method = attack.removeprefix("certified").lstrip("-") or "closed form"
+    if method == "smoothing":
+        return f"certified ({norm}, smoothing): the smoothed classifier"
+    return f"certified ({norm}, {method}), lower bound"
+
+
 def plot_robustness_curve(curve: pd.DataFrame, title: str = "", bounds=(0.0, 1.0)):
     """Robust accuracy (%) against epsilon, one line per attack, clean accuracy dashed."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -58,9 +67,9 @@ def plot_robustness_curve(curve: pd.DataFrame, title: str = "", bounds=(0.0, 1.0
         if rows["eps"].isna().all():  # not an Lp threat model: one number, drawn as a line
             ax.axhline(100 * rows["robust_accuracy"].iloc[0], color="tab:red", label=f"{attack}")
             continue
-        if attack == "certified":  # a proven lower bound, not an attack
+        if is_certified(attack):  # a proof, not an attack
             ax.plot(rows["eps"], 100 * rows["robust_accuracy"], marker="s", linestyle="--", color="black",
-                    label=f"certified ({norm}), lower bound")
+                    label=certified_label(attack, norm))
             continue
         ax.plot(rows["eps"], 100 * rows["robust_accuracy"], marker="o", label=f"{attack} ({norm})")
     clean = 100 * curve["clean_accuracy"].iloc[0]
@@ -152,10 +161,10 @@ def plot_combined_curves(curves: list[tuple[str, pd.DataFrame]], title: str = ""
         for (attack, norm), rows in curve.groupby(["attack", "norm"], sort=False):
             ax = axes[0][norms.index(norm)]
             rows = rows.sort_values("eps")
-            certified = attack == "certified"
+            certified = is_certified(attack)
             ax.plot(rows["eps"], 100 * rows["robust_accuracy"], color=colour, marker="s" if certified else "o",
                     markersize=3, linestyle="--" if certified else "-",
-                    label=f"{label} (certified)" if certified else f"{label}: {attack}")
+                    label=f"{label}: {attack}")
     for ax, norm in zip(axes[0], norms):
         ax.set_xlabel(norm_axis_label([norm]))
         ax.set_ylabel("robust accuracy (% of all samples)")

@@ -19,7 +19,7 @@ import pandas as pd
 from advrun import io
 from advrun.errors import AdvrunError
 from advrun.reporting.render import figure, render, table
-from advrun.runfolder import FAILED, OK, Metrics, RunFolder
+from advrun.runfolder import FAILED, OK, Metrics, RunFolder, is_certified
 from advrun.stats import bracketed
 
 log = logging.getLogger(__name__)
@@ -101,9 +101,11 @@ def _headline(metrics: Metrics) -> dict:
              counted("success_rate", "fooled / initially correct samples")],
         ]
         if metrics.certified_accuracy is not None:
-            rows.append([f"certified accuracy{budget}", value("certified_accuracy"),
-                         counted("certified_accuracy", f"proven robust / all {n} samples (a lower bound on robust "
-                                                       "accuracy)")])
+            method = metrics.certified_method or "closed form"
+            subject = ("the smoothed classifier's, not the model's" if method == "smoothing"
+                       else "a lower bound on robust accuracy")
+            rows.append([f"certified accuracy{budget}, {method}", value("certified_accuracy"),
+                         counted("certified_accuracy", f"proven robust / all {n} samples ({subject})")])
     rows.append(["samples", f"{metrics.n_train} training, {metrics.n_test} test, {n} evaluated", ""])
     return table(["result", "value", "denominator"], rows)
 
@@ -138,7 +140,7 @@ def curve_table(curve: pd.DataFrame) -> dict:
                + [f"robust after {c.removeprefix('robust_after_')}" for c in members] + ["time"])
     rows = []
     for record in curve.to_dict("records"):
-        certified = record.get("attack") == "certified"
+        certified = is_certified(record.get("attack"))
         row = [str(record.get("attack")), str(record.get("norm"))]
         if targeted:
             row.append("-" if _missing(record.get("target")) else str(record["target"]))
@@ -153,9 +155,11 @@ def curve_table(curve: pd.DataFrame) -> dict:
         row.append("-" if _missing(record.get("time_s")) else f"{record['time_s']:.2f}s")
         rows.append(row)
     caption = "correct: initially correct samples; eligible: the success rate's denominator; fooled: its numerator."
-    if (curve["attack"] == "certified").any():
-        caption += (" Certified rows: robust accuracy is the share of all samples with a proven radius larger than "
-                    "eps (a lower bound on robust accuracy); their median norm is the median proven radius.")
+    if curve["attack"].map(is_certified).any():
+        caption += (" Certified rows (certified-<method>, docs/certification.md): robust accuracy is the share of all "
+                    "samples proven robust at eps (a lower bound on robust accuracy; certified-smoothing: of the "
+                    "smoothed classifier, not of the model); their median norm is the median proven radius where "
+                    "the method gives radii.")
     if quantiles:
         caption += " norm_qN: quantiles of all minimal norms the attack found."
     if members:
