@@ -77,7 +77,7 @@ class IBP(Standard):
     norm: float | str = "inf"
     kappa: float = 0.5
     warmup_epochs: int = 1
-    ramp_epochs: int = 5
+    ramp_epochs: int = 10
     train_eps_scale: float = 1.0
     steps_per_epoch: int | None = None
     #: Completed epochs and steps into the current one (the schedule's position; see state_dict).
