@@ -1,7 +1,7 @@
 """Bounds on a feed-forward network's margins over a ball of inputs: interval bound propagation
 (IBP) and linear relaxation bounds (CROWN). They make the certificates of :mod:`advrun.certify`
 for any network of the supported layers and the losses of certified training
-(:class:`advrun.defenses.IBP`, :class:`advrun.defenses.CrownIBP`).
+(:class:`advrun.certified_training.IBP`, :class:`advrun.certified_training.CrownIBP`).
 
 The input set is the ball ``{x + d : ||d||_p <= eps}`` intersected with the data box
 ``[lo, hi]`` (:class:`Ball`); the quantity bounded is the margin ``z_y(x') - z_j(x')`` of the
@@ -25,8 +25,9 @@ no input of the set changes the decision.
   box, ``A . x - eps ||A||_q`` over an Lp ball; the larger of the two, both being valid). The
   intervals ``[l, u]`` of the hidden units come from IBP, tightened by the same backward
   propagation from each hidden layer whose units times the widest earlier layer fit
-  ``crown_budget`` coefficients per sample (all layers of MLPs; the large early layers of a
-  CNN keep IBP's intervals: CROWN-IBP's intermediate bounds there). Every margin bound is the
+  ``crown_budget`` coefficients per sample (262,144: every layer of the digits and MNIST MLPs
+  and the dense layer of the digits CNN; the convolutional layers, and the dense layer of the
+  MNIST CNN, keep IBP's intervals, as CROWN-IBP does). Every margin bound is the
   larger of IBP's and CROWN's, so CROWN never certifies less than IBP.
 * **CROWN-IBP** (Zhang et al. 2020, "Towards stable and efficient training of verifiably robust
   neural networks"): IBP intervals for every hidden layer and one CROWN pass for the margins;
@@ -73,7 +74,7 @@ from advrun.structure import Layer, activation_of, layer_kind, layer_sequence
 #: Methods of :meth:`BoundedNetwork.margins`.
 METHODS = ("ibp", "crown", "crown-ibp")
 #: Coefficients per sample above which a hidden layer keeps IBP's intervals under ``crown``.
-CROWN_BUDGET = 2**22
+CROWN_BUDGET = 2**18
 #: Coefficients held at once by one backward pass (samples x specifications x width).
 _CHUNK = 2**25
 _AFFINE = ("normalize", "binary_logits", "linear", "conv", "flatten", "batch_norm", "dropout")
@@ -251,13 +252,20 @@ def _transpose(layer: Layer, a: torch.Tensor, in_shape: Sequence[int], different
     """``L^T a`` for the linear part ``L`` of an affine layer, ``a`` of shape ``(n, rows, *out)``."""
     n, rows = a.shape[:2]
     flat = a.reshape(n * rows, *a.shape[2:])
+    module = layer.module
     if layer.kind == "linear":
-        return (flat @ layer.module.weight).reshape(n, rows, *in_shape)
-    if layer.kind == "dropout":
-        return a
-    with torch.enable_grad():
+        return (flat @ module.weight).reshape(n, rows, *in_shape)
+    if layer.kind in ("dropout", "flatten"):
+        return a.reshape(n, rows, *in_shape)
+    if layer.kind == "normalize":
+        return a / module.std
+    if layer.kind == "conv":
+        grad = torch.nn.grad.conv2d_input((n * rows, *in_shape), module.weight, flat, module.stride, module.padding,
+                                          module.dilation, module.groups)
+        return grad.reshape(n, rows, *in_shape)
+    with torch.enable_grad():  # any other affine layer (batch norm, pooling): its vector-Jacobian product
         z = torch.zeros((n * rows, *in_shape), dtype=a.dtype, device=a.device, requires_grad=True)
-        (grad,) = torch.autograd.grad(layer.module(z), z, flat, create_graph=differentiable)
+        (grad,) = torch.autograd.grad(module(z), z, flat, create_graph=differentiable)
     return grad.reshape(n, rows, *in_shape)
 
 
@@ -321,10 +329,11 @@ class BoundedNetwork:
         return norms
 
     def intervals(self, ball: Ball, method: str = "ibp", crown_budget: int = CROWN_BUDGET,
-                  differentiable: bool = False) -> tuple[list, dict[int, Lines]]:
+                  differentiable: bool = False, relax: bool = True) -> tuple[list, dict[int, Lines]]:
         """Per layer ``i`` the interval ``(l, u)`` of its input (``len(layers) + 1`` entries, the
-        last for the logits) and the :class:`Lines` of each nonlinear layer. ``method="crown"``
-        tightens the inputs of nonlinear layers by backward passes where they fit ``crown_budget``."""
+        last for the logits) and, with ``relax``, the :class:`Lines` of each nonlinear layer.
+        ``method="crown"`` tightens the inputs of nonlinear layers by backward passes where they
+        fit ``crown_budget``."""
         lower, upper = ball.corners()
         out: list = []
         lines: dict[int, Lines] = {}
@@ -337,8 +346,7 @@ class BoundedNetwork:
                         i, dual_norm(ball.p), ball.x, differentiable)
                     lower, upper = torch.maximum(lower, centre - reach), torch.minimum(upper, centre + reach)
                 if method == "crown" and not (first and self._one_mixing_layer(i)) and self._fits(i, crown_budget):
-                    low, up = self._crown_units(ball, i, lines, differentiable)
-                    lower, upper = torch.maximum(lower, low), torch.minimum(upper, up)
+                    lower, upper = self._crown_units(ball, i, lines, lower, upper, differentiable)
                 first = False
                 out.append((lower, upper))
                 if _is_max_pool(layer):
@@ -346,7 +354,8 @@ class BoundedNetwork:
                     lines[i] = PoolLines(lower, pooled_upper)
                     lower, upper = pooled_lower, pooled_upper
                 else:
-                    lines[i] = relaxation(layer.module, lower, upper)
+                    if relax or method == "crown":
+                        lines[i] = relaxation(layer.module, lower, upper)
                     lower, upper = _interval(layer, lower, upper)
             else:
                 out.append((lower, upper))
@@ -408,23 +417,37 @@ class BoundedNetwork:
         target = target.scatter_add(3, index.flatten(2)[:, None].expand(n, rows, channels, -1), positive.flatten(3))
         return target.reshape(n, rows, *self.shapes[i]), c
 
-    def _crown_units(self, ball: Ball, index: int, lines: dict, differentiable: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """CROWN's interval of every unit of the input of layer ``index``."""
+    def _crown_units(self, ball: Ball, index: int, lines: dict, lower: torch.Tensor, upper: torch.Tensor,
+                     differentiable: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The intervals ``lower, upper`` of the input of layer ``index``, tightened by CROWN. Before
+        a relu-family activation only the units some sample has unstable (``l < 0 < u``) are
+        tightened: a stable unit's lines are exact whatever its interval."""
         shape = self.shapes[index]
-        units = math.prod(shape)
         n = len(ball.x)
+        flat_lower, flat_upper = lower.flatten(1), upper.flatten(1)
+        layer = self.layers[index]
+        units = torch.arange(flat_lower.shape[1], device=lower.device)
+        if layer.kind == "activation" and activation_of(layer.module).name in ("relu", "leaky_relu", "abs"):
+            units = units[((flat_lower < 0) & (flat_upper > 0)).any(dim=0)]
+        if not len(units):
+            return lower, upper
         widest = max(math.prod(s) for s in self.shapes[:index + 1])
         step = max(1, _CHUNK // (2 * n * widest))
+        eye = torch.eye(flat_lower.shape[1], dtype=ball.x.dtype, device=ball.x.device)
         lows, ups = [], []
-        for start in range(0, units, step):
-            eye = torch.eye(units, dtype=ball.x.dtype, device=ball.x.device)[start:start + step]
-            rows = torch.cat([eye, -eye]).reshape(1, -1, *shape).expand(n, -1, *shape)
+        for start in range(0, len(units), step):
+            picked = eye[units[start:start + step]]
+            rows = torch.cat([picked, -picked]).reshape(1, -1, *shape).expand(n, -1, *shape)
             a, c = self._backward(rows, rows.new_zeros(n, rows.shape[1]), index, 0, lines, differentiable)
             bound = ball.minimum(a, c)
             half = bound.shape[1] // 2
             lows.append(bound[:, :half])
             ups.append(-bound[:, half:])
-        return torch.cat(lows, 1).reshape(n, *shape), torch.cat(ups, 1).reshape(n, *shape)
+        tightened_lower = flat_lower.clone()
+        tightened_upper = flat_upper.clone()
+        tightened_lower[:, units] = torch.maximum(flat_lower[:, units], torch.cat(lows, 1))
+        tightened_upper[:, units] = torch.minimum(flat_upper[:, units], torch.cat(ups, 1))
+        return tightened_lower.reshape(lower.shape), tightened_upper.reshape(upper.shape)
 
     # ----------------------------------------------------------------------------- margins
 
@@ -443,7 +466,8 @@ class BoundedNetwork:
         eps = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
         eps = eps.expand(len(x)) if eps.dim() == 0 else eps
         ball = Ball(x, eps, p, box)
-        bounds, lines = self.intervals(ball, "crown" if method == "crown" else "ibp", crown_budget, differentiable)
+        bounds, lines = self.intervals(ball, "crown" if method == "crown" else "ibp", crown_budget, differentiable,
+                                       relax=method != "ibp")
         spec = self.specification(y, x)
         zeros = spec.new_zeros(spec.shape[:2])
         nonlinear = self.nonlinear()

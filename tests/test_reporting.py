@@ -29,6 +29,7 @@ from advrun.reporting.linear import affine_weights, optimal_perturbation
 from advrun.reporting.regions import decision_grid
 from advrun.reporting.report import FIGURES, write_run_report
 from advrun.reporting.sweep import find_jobs, write_sweep_report
+from advrun.runfolder import is_certified
 from tests.conftest import REPO, TINY, run_inprocess
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -134,6 +135,10 @@ def test_report_md_tables_hold_the_curve_rows_and_their_denominators(digits_run)
     table = markdown_table((digits_run / "report.md").read_text(), "Robustness curve")
     assert len(table) == len(curve)
     for row, record in zip(table.to_dict("records"), curve.to_dict("records")):
+        if is_certified(record["attack"]):  # a proof: no attack counts, robust = proven / all
+            assert row["robust accuracy"] == with_interval(record["n_robust"], record["n_samples"])
+            assert row["correct"] == row["fooled"] == "-"
+            continue
         # the table writes eps with :g (6 significant digits, <= 5e-6 relative); rel 1e-3 is looser
         assert float(row["eps"]) == pytest.approx(record["eps"], rel=1e-3)
         robust = record["n_correct"] - record["n_success"]  # robust: correct, and not fooled
@@ -454,9 +459,11 @@ def test_combined_curves_draw_one_line_per_finished_job(sweep):
     curves = [(f"job {i}", pd.read_csv(job / "curve.csv")) for i, job in enumerate(find_jobs(sweep)[:2])]
     figure = plots.plot_combined_curves(curves)
     lines = figure.axes[0].get_lines()
-    assert len(lines) == 2
-    for line, (_, curve) in zip(lines, curves):
-        assert np.allclose(line.get_ydata(), 100 * curve.sort_values("eps")["robust_accuracy"])
+    drawn = [rows for _, curve in curves for _, rows in curve.groupby("attack", sort=False)]  # attack, certified
+    assert len(lines) == len(drawn) == 4
+    for line, rows in zip(lines, drawn):
+        assert np.allclose(line.get_ydata(), 100 * rows.sort_values("eps")["robust_accuracy"])
+        assert (line.get_linestyle() == "--") == is_certified(rows["attack"].iloc[0])
     plots.close(figure)
 
 

@@ -62,7 +62,8 @@ def dual_norm(p: float) -> float:
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape[0], -1)
+    """``(n, features)``; also for an empty batch, where ``reshape(n, -1)`` is ambiguous."""
+    return t.reshape(t.shape[0], math.prod(t.shape[1:]))
 
 
 def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
