@@ -1,7 +1,13 @@
-"""Certified robustness radii: per sample a radius ``r`` such that no perturbation of Lp norm at
-most ``r`` changes the model's decision (a proof, where attacks give only upper bounds).
+"""Certified robustness: per sample and budget, a proof that no perturbation within the budget
+changes the model's decision (where attacks give only upper bounds).
 
-Two families of models, computed in float64 from the model's float32 weights:
+:func:`certify` runs a method by name (:data:`METHODS`, docs/certification.md): ``ibp`` and
+``crown`` (:mod:`advrun.bounds`, any network of supported layers), ``exact`` (:mod:`advrun.exact`,
+mixed-integer programs), ``smoothing`` (:mod:`advrun.smoothing`, the smoothed classifier) and
+``hein``, the closed forms below; :func:`choose` is ``eval.certify=auto``'s choice.
+
+``hein`` gives a radius ``r`` per sample, for two families of models, computed in float64 from
+the model's float32 weights:
 
 * **Affine classifiers** ``z = W x + b`` (``model=logreg``, or any model whose logits are affine
   in the input, a normalisation layer included): the exact distance to the decision boundary,
@@ -41,8 +47,9 @@ Two families of models, computed in float64 from the model's float32 weights:
   into the identity above ``threshold`` (a jump of about 2e-9 in ``sigma'``), is covered: the
   local ``E_r`` is read off torch's own ``sigma'``, and the Lipschitz form adds the jump.
 
-ReLU, leaky ReLU and abs networks are refused: their derivative jumps at 0, so the theorem's
-Lipschitz-derivative argument does not apply. Deeper networks, CNNs and ResNets are refused too.
+ReLU, leaky ReLU and abs networks are refused by ``hein``: their derivative jumps at 0, so the
+theorem's Lipschitz-derivative argument does not apply. Deeper networks and CNNs are refused
+too (``crown`` and ``exact`` certify them).
 
 Softplus of sharpness ``beta`` (``model.softplus_beta``), ``(1 / beta) log(1 + exp(beta t))``, has
 ``sigma'(t) = sigmoid(beta t)``, so its Lipschitz constant is ``beta / 4``: the certificate
@@ -321,8 +328,6 @@ def describe(norm: object, bound: str = "local") -> str:
 
 #: Methods ``eval.certify`` names (``auto`` chooses among them, :func:`choose`).
 METHODS = ("ibp", "crown", "exact", "smoothing", "hein")
-#: What each method certifies, for reports.
-SUBJECTS = {method: "the model" for method in METHODS} | {"smoothing": "the smoothed classifier"}
 #: Logit-difference coefficients held at once per bound pass (samples x classes x widest layer).
 _BOUND_ENTRIES = 2**24
 
@@ -330,9 +335,9 @@ _BOUND_ENTRIES = 2**24
 @dataclass(frozen=True)
 class Certificate:
     """Per sample and budget (ascending), whether ``method`` proved that no input of the ball
-    (inside the data box) changes the decision of its subject (``SUBJECTS``). ``radii`` (float64,
-    per sample) where the method gives a radius, ``unknown`` (bool, per sample and budget) where
-    the exact verifier ran out of time. A sample proven at a budget is counted proven at every
+    (inside the data box) changes the decision (of the model; for ``smoothing``, of the smoothed
+    classifier). ``radii`` (float64, per sample) where the method gives a radius, ``unknown``
+    (bool, per sample and budget) where the exact verifier ran out of time. A sample proven at a budget is counted proven at every
     smaller one (the balls are nested)."""
 
     method: str
