@@ -203,8 +203,10 @@ class _Trajectory:
     def record(self, f: torch.Tensor, grad: torch.Tensor) -> None:
         """Keep the best point, and count the iterations that increased the loss."""
         improved = f > self.f_max
-        self.x_max[improved], self.grad_max[improved] = self.x_k[improved], grad[improved]
-        self.f_max[improved] = f[improved]
+        column = improved.view((-1,) + (1,) * (self.x_k.dim() - 1))
+        self.x_max = torch.where(column, self.x_k, self.x_max)
+        self.grad_max = torch.where(column, grad, self.grad_max)
+        self.f_max = torch.where(improved, f, self.f_max)
         self.increases += (f > self.f_prev).float()
         self.f_prev = f
 
