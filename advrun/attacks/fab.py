@@ -197,11 +197,16 @@ class FAB(MinimumNormAttack):
         for _ in range(self.n_iter):
             f, w = self._linearise(model, point, goal, targets)
             flat, origin = point.flatten(1), x.flatten(1)
-            # The hyperplane w . (xi - x_i) + f = 0, reached from x_i and from x_0.
-            step = hyperplane_projection(w, -f, hi - flat, flat - lo, self.norm).view_as(x)
+            # The hyperplane w . (xi - x_i) + f = 0, reached from x_i and from x_0: both projections
+            # in one batch of 2n rows (each row is solved on its own).
             m_origin = -(f + (w * (origin - flat)).sum(dim=1))
-            step_origin = hyperplane_projection(w, m_origin, hi - origin, origin - lo, self.norm).view_as(x)
-            size, size_origin = lp_norm(step, self.norm), lp_norm(step_origin, self.norm)
+            from_both = hyperplane_projection(torch.cat([w, w]), torch.cat([-f, m_origin]),
+                                              hi - torch.cat([flat, origin]), torch.cat([flat, origin]) - lo,
+                                              self.norm)
+            sizes = lp_norm(from_both, self.norm)
+            n = len(x)
+            step, step_origin = from_both[:n].view_as(x), from_both[n:].view_as(x)
+            size, size_origin = sizes[:n], sizes[n:]
             total = size + size_origin
             alpha = torch.where(total > 0, size / total.clamp_min(1e-30), 0.0).clamp(max=self.alpha_max).view(column)
             point = ((1 - alpha) * (point + self.eta * step) + alpha * (x + self.eta * step_origin)).clamp(lo, hi)

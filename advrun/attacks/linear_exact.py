@@ -42,21 +42,35 @@ def halfspace_minimum(g: torch.Tensor, m: torch.Tensor, room_up: torch.Tensor, r
     ``-room_down <= delta <= room_up``; a row of ``inf`` where the box cannot reach ``m``."""
     if p == 1.0:
         return halfspace_minimum_l1(g, m, room_up, room_down)
+    delta, reachable = _halfspace_minimum_sorted(g, m, room_up, room_down, p)
+    return torch.where(reachable, delta, math.inf)
+
+
+def _halfspace_minimum_sorted(g: torch.Tensor, m: torch.Tensor, room_up: torch.Tensor, room_down: torch.Tensor,
+                              p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`halfspace_minimum` for Linf and L2 by sorting the breakpoints: ``delta`` (meaningless
+    in a row the box cannot reach) and per row whether the box reaches ``m`` (``[n, 1]``)."""
     magnitude = g.abs()
     room = torch.where(g > 0, room_up, room_down)
-    rate = torch.ones_like(magnitude) if p == math.inf else magnitude  # |delta_i| = min(s rate_i, room_i)
-    breaks = torch.where(rate > 0, room / rate.clamp_min(1e-300), math.inf)  # where coordinate i saturates
-    breaks, order = breaks.sort(dim=1)
-    saturated = (magnitude * room).gather(1, order)
+    if p == math.inf:  # |delta_i| = min(s, room_i): coordinate i saturates at s = room_i
+        breaks, order = room.sort(dim=1)
+        saturated = (magnitude * room).gather(1, order)
+        free = magnitude.gather(1, order)
+    else:  # |delta_i| = min(s |g_i|, room_i)
+        breaks = torch.where(magnitude > 0, room / magnitude.clamp_min(1e-300), math.inf)
+        breaks, order = breaks.sort(dim=1)
+        saturated = (magnitude * room).gather(1, order)
+        free = (magnitude * magnitude).gather(1, order)
     saturated = saturated.cumsum(dim=1) - saturated  # g . delta of the coordinates saturated before break k
-    free = (magnitude * rate).gather(1, order).flip(1).cumsum(dim=1).flip(1)  # slope of coordinates k, k+1, ...
+    free = free.flip(1).cumsum(dim=1).flip(1)  # slope of coordinates k, k+1, ...
     value_at_break = saturated + torch.where(free > 0, breaks * free, 0.0)
     reached = value_at_break >= m[:, None]
     first = reached.to(torch.int64).argmax(dim=1, keepdim=True)  # g . delta = m is reached on (b_k-1, b_k]
     s = (m[:, None] - saturated.gather(1, first)) / free.gather(1, first).clamp_min(1e-300)
     s = torch.minimum(s, breaks.gather(1, first))
-    delta = g.sign() * torch.minimum(s * rate, room)
-    return torch.where(reached.any(dim=1, keepdim=True), delta, math.inf)
+    step = s if p == math.inf else s * magnitude
+    delta = g.sign() * torch.minimum(step, room)
+    return delta, reached.any(dim=1, keepdim=True)
 
 
 def halfspace_minimum_l1(g: torch.Tensor, m: torch.Tensor, room_up: torch.Tensor,
