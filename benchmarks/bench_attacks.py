@@ -204,12 +204,15 @@ def suite_entries(model) -> list[Entry]:
 def autoattack_entries(model, n_classes: int = 10) -> list[Entry]:
     """FAB (minimum norm, Linf, untargeted, 100 iterations) and AutoAttack's standard ensemble
     (APGD-CE, APGD-T, FAB-T, Square 5,000 queries) at eps 0.3, advrun against torchattacks. The
-    ensembles take minutes per 100 images on a CPU: they run on the first 200 images."""
+    ensembles take minutes per 100 images on a CPU: they run on the first 200 images. advrun's
+    members run AutoAttack's 100 iterations; torchattacks' AutoAttack leaves its APGD, APGD-T
+    and FAB at their default of 10."""
     eps = 0.3
     found = [
         Entry("FAB", "advrun", "Linf, 100 iterations, 1 run (bisection on each success)",
               advrun_entry(A.FAB(n_iter=100), model), math.inf, False, iterations=100),
-        Entry("AutoAttack standard", "advrun", f"Linf eps {eps}: APGD-CE, APGD-T, FAB-T, Square 5000",
+        Entry("AutoAttack standard", "advrun", f"Linf eps {eps}: APGD-CE, APGD-T, FAB-T (100 iterations each, "
+              "as AutoAttack), Square 5000",
               advrun_entry(A.Ensemble(eps=eps), model), math.inf, True, max_images=200),
     ]
     try:
@@ -220,7 +223,9 @@ def autoattack_entries(model, n_classes: int = 10) -> list[Entry]:
             Entry("FAB", "torchattacks", "Linf, 100 iterations, 1 run",
                   ta.FAB(model, norm="Linf", eps=1.0, steps=100, n_restarts=1, n_classes=n_classes, seed=0),
                   math.inf, False, iterations=100),
-            Entry("AutoAttack standard", "torchattacks", f"Linf eps {eps}: APGD-CE, APGD-T, FAB-T, Square 5000",
+            # torchattacks' AutoAttack builds APGD, APGD-T and FAB with their default steps=10
+            Entry("AutoAttack standard", "torchattacks", f"Linf eps {eps}: APGD-CE, APGD-T, FAB-T (10 iterations "
+                  "each, torchattacks' default), Square 5000",
                   ta.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=n_classes, seed=0),
                   math.inf, True, max_images=200),
         ]
