@@ -140,8 +140,8 @@ def test_a_run_stopped_while_it_attacks_resumes_without_training_again(make_cfg,
     assert numbers(resumed) == numbers(reference) and not checkpoint.exists()
 
 
-#: A run whose training (60 short epochs) lasts long enough to be stopped at a known epoch.
-KILLED = ["device=cpu", "attack=fgsm", "dataset.n_train=300", "train.epochs=60", "model.hidden=[32]",
+#: A run whose training (300 short epochs) lasts long enough to be stopped at a known epoch.
+KILLED = ["device=cpu", "attack=fgsm", "dataset.n_train=300", "train.epochs=300", "model.hidden=[32]",
           "eval.n_samples=50", "eval.audit=false", "eval.certify=false", "report=false"]
 
 
@@ -179,7 +179,7 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 @pytest.mark.parametrize("cached", [True, False], ids=["cache", "no-cache"])
 def test_a_run_stopped_at_an_epoch_resumes_there_with_the_same_command(tmp_path, uninterrupted, sig, cached):
-    """A real process stopped after epoch 5 of 60 (SIGKILL, or SIGINT as Ctrl-C sends it), then the
+    """A real process stopped after epoch 5 of 300 (SIGKILL, or SIGINT as Ctrl-C sends it), then the
     same command again: training goes on after the epoch the checkpoint holds, in the same run
     folder, and the results equal those of a run that was never stopped."""
     args = [*KILLED, f"cache.enabled={cached}", "hydra.run.dir=run"]
@@ -189,7 +189,7 @@ def test_a_run_stopped_at_an_epoch_resumes_there_with_the_same_command(tmp_path,
     assert not (folder / "metrics.json").exists()
     checkpoint, = (tmp_path / "cache").glob("*/checkpoint.pt") if cached else [folder / "checkpoint.pt"]
     reached = torch.load(checkpoint, weights_only=True)["epoch"]
-    assert 5 <= reached < 60
+    assert 5 <= reached < 300
     if sig == signal.SIGINT:
         lines = err.strip().splitlines()
         assert lines[-1] == (f"advrun: interrupted (Ctrl-C); the run in run did not finish: the same command "
@@ -198,13 +198,13 @@ def test_a_run_stopped_at_an_epoch_resumes_there_with_the_same_command(tmp_path,
 
     again = run_cli(*args, cwd=tmp_path, env=env)
     assert again.returncode == 0, again.stderr
-    assert f"resuming training after epoch {reached} of 60" in again.stderr
+    assert f"resuming training after epoch {reached} of 300" in again.stderr
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["training"]["resumed"] is True
     assert numbers(metrics) == numbers(uninterrupted[0])
     assert (folder / "curve.csv").read_bytes() == uninterrupted[1]
     assert not checkpoint.exists()
-    assert len((folder / "training.csv").read_text().splitlines()) == 1 + 60
+    assert len((folder / "training.csv").read_text().splitlines()) == 1 + 300
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
