@@ -26,6 +26,7 @@ from advrun.exact import (
     verify,
 )
 from advrun.models import CNN, MLP, LogReg, PreActBlock
+from tests.test_certify import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,24 +37,9 @@ SHAPE = (1, 8, 8)
 # the float64 model must get every returned point wrong without any tolerance here.
 
 
-def fit(model, digits, epochs):
-    """``model`` (built after seeding 0) trained on the digits for a few epochs (Adam), in eval mode."""
-    model.fit_normalization(digits.x_train)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        for index in torch.randperm(len(digits.x_train), generator=generator).split(64):
-            loss = nn.functional.cross_entropy(model(digits.x_train[index]), digits.y_train[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def relu_mlp(digits):
-    torch.manual_seed(0)
-    return fit(MLP(SHAPE, 10, hidden=[16, 16]), digits, epochs=4)
+    return fit(lambda: MLP(SHAPE, 10, hidden=[16, 16]), digits, epochs=4)
 
 
 def in_set(points, x, eps, p, box):
@@ -286,8 +272,7 @@ def test_max_pooling_is_encoded_soundly(digits):
     """A small CNN (convolution, relu, 2x2 max pooling, dense relu layer): verified samples are
     never fooled by PGD and every counterexample is real; without screening the programs decide
     as with it. The windows of max pooling are torch's, for padding, stride, dilation and ceil mode."""
-    torch.manual_seed(0)
-    model = fit(CNN(SHAPE, 10, channels=[2], hidden=8), digits, epochs=4)
+    model = fit(lambda: CNN(SHAPE, 10, channels=[2], hidden=8), digits, epochs=4)
     x, y, epsilons = digits.x_test[:8], digits.y_test[:8], [0.01, 0.03]
     screened = verification(model, x, y, epsilons, time_limit=20.0)
     solved = verification(model, x, y, epsilons, time_limit=20.0, screen=False)
