@@ -37,9 +37,10 @@ from advrun.data import Dataset, load_dataset
 from advrun.errors import AdvrunError, ConfigError, InvalidValue, OutputError, keyed, require_positive, shown
 from advrun.evaluation import CURVE_COLUMNS, intervals, robustness_curve
 from advrun.loggers import Logger, build_logger
+from advrun.ood import OutOfDistribution
 from advrun.reporting import plots
 from advrun.reporting.figures import model_figures
-from advrun.reporting.report import write_run_report
+from advrun.reporting.report import ood_rows, write_run_report
 from advrun.reporting.tables import clean_summary, summary_table
 from advrun.runfolder import Metrics, RunFolder, RunResult, is_certified
 from advrun.smoothing import Smoothing
@@ -324,6 +325,7 @@ class RunPlan:
     attack: Attack | None
     epsilons: list[float]
     certification: Certification | None
+    ood: OutOfDistribution
     optimizer: torch.optim.Optimizer
     scheduler: Any
     batch_size: int
@@ -372,6 +374,8 @@ def plan(cfg: DictConfig, output_dir: str | Path) -> RunPlan:
     check_loss(cfg.train.loss, data, defense)
     attack, epsilons = build_attack(cfg, data, model)
     certification = plan_certification(cfg, data, model, attack)
+    with keyed("eval.ood"):  # a config saved before eval.ood existed measures nothing
+        ood = OutOfDistribution(**to_container(cfg.eval.get("ood") or {"n": 0}))
     # the optimizer last: PyTorch's first optimizer imports torch._dynamo (seconds), which a
     # mistake found above need not wait for
     optimizer = build(cfg.optimizer, "optimizer", params=model.parameters())
@@ -381,7 +385,7 @@ def plan(cfg: DictConfig, output_dir: str | Path) -> RunPlan:
     scheduler = build_scheduler_from(cfg.train, optimizer, steps_per_epoch)
     return RunPlan(
         cfg=cfg, folder=folder, device=device, generator=generator, data=data, model=model, defense=defense,
-        attack=attack, epsilons=epsilons, certification=certification, optimizer=optimizer, scheduler=scheduler,
+        attack=attack, epsilons=epsilons, certification=certification, ood=ood, optimizer=optimizer, scheduler=scheduler,
         batch_size=batch_size, audit=audit.requested(cfg.eval.get("audit", True)),
         figures=cfg.get("report", True),  # report=false: no figures and no report (large sweeps)
         started=started, logger=logger,
@@ -447,13 +451,18 @@ def execute(plan: RunPlan) -> RunResult:
     x, y = plan.evaluation_set()
     clean = accuracy(plan.model, x, y, cfg.eval.batch_size)
     evaluated = evaluate(plan, x, y) if plan.attack is not None else None
+    t_ood = time.perf_counter()
+    far = (plan.ood.measure(plan.model, data.shape, data.bounds, cfg.seed, cfg.eval.batch_size, plan.device)
+           if plan.ood.enabled else None)
     t_eval = time.perf_counter()
     figures = draw_figures(plan, history, evaluated, x, y) if plan.figures else {}
     metrics = run_metrics(plan, history, clean, len(x), evaluated)
     metrics.training = training
+    metrics.ood = far
     metrics.timings = {"setup_s": t_data - plan.started, "train_s": t_train - t_data, "eval_s": t_eval - t_train,
                        "total_s": time.perf_counter() - plan.started,
                        "audit_s": evaluated.audit_s if evaluated is not None else 0.0,
+                       "ood_s": t_eval - t_ood,
                        "curve": [] if evaluated is None else json.loads(
                            evaluated.curve[["attack", "norm", "eps", "time_s"]].to_json(orient="records"))}
     return RunResult(
@@ -511,6 +520,8 @@ def print_summary(plan: RunPlan, result: RunResult) -> None:
     else:
         results.print(f"{plan.title}: {clean_summary(metrics.clean_accuracy, metrics.n_eval)} (no attack; "
                       f"in brackets the {METHOD}, in %)")
+    if metrics.ood is not None:
+        results.print("; ".join(f"{what}: {figures}" for what, figures in ood_rows(metrics.ood)))
 
 
 def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:

@@ -79,7 +79,8 @@ class Metrics:
     The attack's fields (``attack`` to ``curve``) are None for a run without an attack;
     ``eps`` is None for an attack outside the Lp threat model; ``certified_accuracy`` is there
     when the model was certified, by ``certified_method`` (:data:`advrun.certify.METHODS`,
-    ``+``-joined for a union; smoothing certifies the smoothed classifier); ``audit`` holds the audit's counts when it ran.
+    ``+``-joined for a union; smoothing certifies the smoothed classifier); ``audit`` holds the audit's counts when it ran;
+    ``ood`` the top-class confidence on noise images (:mod:`advrun.ood`) when ``eval.ood.n > 0``.
 
     Each accuracy and success rate has its 95% Clopper-Pearson interval ``<name>_ci`` (``[low,
     high]``), and ``counts`` the numbers of samples it is counted from (``n_correct``,
@@ -115,6 +116,7 @@ class Metrics:
     git_commit: str | None = None
     training: dict[str, Any] = field(default_factory=dict)
     audit: dict[str, Any] | None = None
+    ood: dict[str, Any] | None = None
     timings: dict[str, Any] = field(default_factory=dict)
 
     #: The JSON types each field may have (None for the optional ones) when read back.
@@ -125,10 +127,11 @@ class Metrics:
         **{name: (str, None) for name in ("dataset", "attack", "norm", "device", "git_commit", "certified_method")},
         **{name: (dict,) for name in ("seeds", "versions", "training", "timings", "counts")},
         **{interval: (list, None) for interval, _, _ in PROPORTIONS.values()},
-        "audit": (dict, None), "curve": (list, None), "seed": (int, None), "deterministic": (bool,),
+        "audit": (dict, None), "ood": (dict, None), "curve": (list, None), "seed": (int, None), "deterministic": (bool,),
     }
     #: Fields left out of ``metrics.json`` while they are None.
-    _OPTIONAL: ClassVar[tuple[str, ...]] = ("certified_accuracy", "certified_method", "certified_accuracy_ci", "audit")
+    _OPTIONAL: ClassVar[tuple[str, ...]] = ("certified_accuracy", "certified_method", "certified_accuracy_ci", "audit",
+                                            "ood")
     #: Fields of the attack, left out together when there is none.
     _ATTACK: ClassVar[tuple[str, ...]] = ("norm", "eps", "robust_accuracy", "success_rate", "robust_accuracy_ci",
                                           "success_rate_ci", "curve")

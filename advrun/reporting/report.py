@@ -80,6 +80,19 @@ def run_title(path: Path, config: dict) -> str:
             f"defense {_target(config, 'defense')}")
 
 
+def ood_rows(record: dict) -> list[tuple[str, str]]:
+    """``(what, figures)`` per kind of image of a ``metrics.json`` ``ood`` record (:mod:`advrun.ood`)."""
+    rows = []
+    for kind, what in (("uniform", "uniform noise"),
+                       ("optimised", f"noise after {record.get('steps')} confidence-raising gradient steps")):
+        figures = record.get(kind)
+        if isinstance(figures, dict):
+            rows.append((f"top-class confidence on {record.get('n')} images of {what}",
+                         f"mean {pct(figures.get('mean_confidence'))}, max {pct(figures.get('max_confidence'))}, "
+                         f"{pct(figures.get('confident_share'))} at or above {pct(record.get('threshold'))}"))
+    return rows
+
+
 def _headline(metrics: Metrics) -> dict:
     n = metrics.n_eval
     def value(name: str) -> str:
@@ -106,6 +119,8 @@ def _headline(metrics: Metrics) -> dict:
                        else "a lower bound on robust accuracy")
             rows.append([f"certified accuracy{budget}, {method}", value("certified_accuracy"),
                          counted("certified_accuracy", f"proven robust / all {n} samples ({subject})")])
+    if metrics.ood is not None:
+        rows += [[what, figures, "noise images, not test samples"] for what, figures in ood_rows(metrics.ood)]
     rows.append(["samples", f"{metrics.n_train} training, {metrics.n_test} test, {n} evaluated", ""])
     return table(["result", "value", "denominator"], rows)
 

@@ -42,7 +42,9 @@ METRICS = ("dataset", "attack", "norm", "eps", "n_eval", "clean_accuracy", "robu
            "certified_accuracy", "test_accuracy", "seed")
 #: Metrics shown in the summary's Markdown and HTML tables (all of them are in ``summary.csv``).
 SHOWN = ("attack", "norm", "eps", "clean_accuracy", "robust_accuracy", "success_rate", "certified_accuracy",
-         "audit_warnings", "total_s")
+         "ood_fooling_confidence", "audit_warnings", "total_s")
+#: The summary's columns of ``metrics.json``'s ``ood`` record: mean top-class confidence per kind of noise image.
+OOD = {"uniform": "ood_noise_confidence", "optimised": "ood_fooling_confidence"}
 #: Columns every summary has, before the overrides.
 LEADING = ("job", "status")
 #: The numbers aggregated over seeds (:func:`seed_groups`): each one's count and denominator in the summary.
@@ -89,6 +91,9 @@ def job_record(job: Path, root: Path) -> dict[str, Any]:
             if bounds is not None:
                 record[f"{name}_low"], record[f"{name}_high"] = bounds
         record.update(metrics.counts)
+        if isinstance(metrics.ood, dict):  # mean top-class confidence far from the data (advrun.ood)
+            record.update({column: metrics.ood[kind].get("mean_confidence") for kind, column in OOD.items()
+                           if isinstance(metrics.ood.get(kind), dict)})
         record["total_s"] = metrics.timings.get("total_s")
         checks = folder.audit()
         if checks is not None:
@@ -156,6 +161,8 @@ def _cell(column: str, value: Any, record: dict) -> str:
         return rate(record, column)
     if column == "total_s":
         return "-" if value is None or pd.isna(value) else f"{value:.1f}s"
+    if column in OOD.values():
+        return pct(value)
     if column == "error":
         return _first_line(str(value)) if isinstance(value, str) and value else ""
     if value is None or (isinstance(value, float) and pd.isna(value)):
