@@ -98,7 +98,8 @@ def load_surrogate(surrogate: Any) -> Surrogate:
     if not folder.finished():
         raise InvalidValue("surrogate", f"{folder.path} holds no finished run ({RunFolder.METRICS} is missing)")
     try:
-        run = load_run(folder.path)
+        with torch.random.fork_rng(devices=[]):  # building the model draws initial weights: not from the run's stream
+            run = load_run(folder.path)
     except AdvrunError as e:
         raise InvalidValue("surrogate", e.message) from None
     info = folder.json(RunFolder.MODEL_INFO) or {}
@@ -213,7 +214,7 @@ class TransferAttack(Attack):
         crafting never sees the target model's outputs)."""
         surrogate = self._on(x.device)
         with eval_mode(surrogate):
-            return self.craft.goal_for(surrogate, x, y)
+            return super().goal_for(surrogate, x, y)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, goal: Goal, bounds: Bounds) -> torch.Tensor:
         """The points the crafting attack finds on the surrogate for ``goal`` (``model``, the target,
