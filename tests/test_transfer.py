@@ -148,6 +148,16 @@ def test_a_run_attacked_with_a_surrogate_of_its_own_config_repeats_the_white_box
     assert ours["robust_accuracy"] == white["robust_accuracy"]
 
 
+@pytest.mark.parametrize("craft, kind", [("pgd", BoundedTransfer), ("deepfool", MinimumNormTransfer)])
+def test_attack_transfer_is_of_the_kind_of_its_crafting_attack(make_cfg, surrogate_run, digits, craft, kind):
+    folder, _ = surrogate_run
+    cfg = make_cfg("attack=transfer", f"attack@attack.craft={craft}", f"attack.surrogate={folder}", "attack.norm=2",
+                   "attack.eps=1.0", "eval.epsilons=[0,1]")
+    transfer, _ = experiment.build_attack(cfg, digits, experiment.load_run(folder).model)
+    assert type(transfer) is kind and transfer.label == f"transfer-{craft}-l2" and transfer.eps == 1.0
+    assert transfer.craft.norm == 2 and (kind is MinimumNormTransfer or transfer.craft.eps == 1.0)
+
+
 def test_what_is_not_a_finished_run_is_refused_as_the_surrogate(trained, tmp_path):
     (tmp_path / "started" / ".hydra").mkdir(parents=True)
     (tmp_path / "started" / ".hydra" / "config.yaml").write_text("seed: 0\n")
