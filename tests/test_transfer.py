@@ -4,7 +4,6 @@ verdicts are the target's on the surrogate's points, recomputed here by hand; wh
 surrogate or a crafting attack is refused under its key; a sweep over models writes the matrix."""
 
 import math
-import shutil
 
 import pandas as pd
 import pytest
@@ -12,7 +11,7 @@ import torch
 import yaml
 
 from advrun import experiment
-from advrun.attacks import FGSM, PGD, Ensemble, MinimumNormAttack, BoundedAttack, lp_norm
+from advrun.attacks import FGSM, PGD, BoundedAttack, Ensemble, MinimumNormAttack, lp_norm
 from advrun.attacks.deepfool import DeepFool
 from advrun.attacks.spatial import Spatial
 from advrun.attacks.transfer import BoundedTransfer, MinimumNormTransfer, Transfer, transfer_of

@@ -28,9 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from advrun.attacks.base import (
-    Attack, BoundedAttack, Bounds, Goal, MinimumNormAttack, ThreatModelAttack, eval_mode,
-)
+from advrun.attacks.base import Attack, BoundedAttack, Bounds, Goal, MinimumNormAttack, eval_mode
 from advrun.attacks.ensemble import _as_attack
 from advrun.attacks.norms import norm_name
 from advrun.errors import AdvrunError, InvalidValue, keyed
@@ -39,7 +37,7 @@ _WHITE_BOX = "n/a: {label} is a transfer attack; the audit's comparisons with wh
 
 
 def Transfer(craft: Any = None, surrogate: Any = None, eps: float | None = 0.1, norm: float | str = "inf",
-             target: int | str | None = None, data: Any = None) -> "TransferAttack":
+             target: int | str | None = None, data: Any = None) -> TransferAttack:
     """The transfer attack of the crafting attack ``craft`` from the ``surrogate`` (a finished run
     folder, or a model given from Python): a :class:`BoundedTransfer` for a bounded crafting attack,
     a :class:`MinimumNormTransfer` for a minimum-norm one (see the module). ``data``: the run's data
@@ -48,14 +46,14 @@ def Transfer(craft: Any = None, surrogate: Any = None, eps: float | None = 0.1, 
     if not isinstance(craft, Attack):
         raise InvalidValue("craft", f"must be an attack (a node with _target_, e.g. attack@attack.craft=fgsm), "
                                     f"got {craft!r}")
-    if isinstance(craft, ThreatModelAttack) or not isinstance(craft, (BoundedAttack, MinimumNormAttack)):
+    if not isinstance(craft, (BoundedAttack, MinimumNormAttack)):  # a ThreatModelAttack: rotations, patches
         raise InvalidValue("craft", f"{craft.label} is not an Lp attack; a transfer attack crafts with a bounded or "
                                     "minimum-norm attack")
     kind = BoundedTransfer if isinstance(craft, BoundedAttack) else MinimumNormTransfer
     return kind(eps=eps, norm=norm, target=target, craft=craft, surrogate=surrogate, data=data)
 
 
-def transfer_of(attack: Attack, surrogate: Any) -> "TransferAttack":
+def transfer_of(attack: Attack, surrogate: Any) -> TransferAttack:
     """The transfer attack that crafts with ``attack`` (its budget, norm and target) on ``surrogate``."""
     return Transfer(craft=_untargeted(attack), surrogate=surrogate, eps=attack.eps, norm=attack.norm,
                     target=attack.target)
@@ -169,14 +167,14 @@ class TransferAttack(Attack):
             raise InvalidValue("surrogate", f"the surrogate {found.source} {given}; a transfer attack needs a surrogate "
                                             "of the same data set and classes")
 
-    def _copy(self, **changes: Any) -> "TransferAttack":
+    def _copy(self, **changes: Any) -> TransferAttack:
         """A copy with other fields, sharing the loaded surrogate (and the memory of :meth:`remember`)."""
         changed = copy.copy(self)
         for name, value in changes.items():
             setattr(changed, name, value)
         return changed
 
-    def with_training_loss(self, name: str) -> "TransferAttack":
+    def with_training_loss(self, name: str) -> TransferAttack:
         """A copy whose crafting attack's ``loss: train`` names the run's training loss ``name``."""
         return self._copy(craft=self.craft.with_training_loss(name))
 
@@ -231,7 +229,7 @@ class TransferAttack(Attack):
             self._memo[key] = x_adv
         return x_adv
 
-    def remember(self) -> "TransferAttack":
+    def remember(self) -> TransferAttack:
         """Keep the crafted points, so that the same inputs, goal and budget given again (to another
         target model) reuse them rather than crafting again; the copies made for other budgets share
         the memory. Returns the attack."""
@@ -244,7 +242,7 @@ class BoundedTransfer(TransferAttack, BoundedAttack):
     """A transfer attack whose crafting attack is bounded: per budget of the curve, the points
     crafted on the surrogate in the eps-ball."""
 
-    def with_eps(self, eps: float) -> "BoundedTransfer":
+    def with_eps(self, eps: float) -> BoundedTransfer:
         """A copy at budget ``eps``, its crafting attack's included."""
         return self._copy(eps=float(eps), craft=self.craft.with_eps(eps))
 
