@@ -209,9 +209,14 @@ def test_a_run_refuses_a_surrogate_of_another_data_set_in_one_line(surrogate_run
     assert not (tmp_path / "run" / "training.csv").exists()  # refused before training
 
 
-def test_a_run_without_a_surrogate_names_the_key(tmp_path):
-    proc = run_inprocess(*BASE, "attack=transfer", f"hydra.run.dir={tmp_path / 'run'}")
-    assert proc.returncode == 2 and "attack.surrogate" in proc.stderr, proc.stderr
+@pytest.mark.parametrize("overrides, said", [
+    ([], "attack.surrogate: "),
+    (["attack.surrogate=.", "+attack.steps=2"], "attack.steps: is not a key of Transfer; its keys: craft, surrogate"),
+])
+def test_a_mistake_in_the_transfer_config_is_one_line_naming_the_key(tmp_path, overrides, said):
+    proc = run_inprocess(*BASE, "attack=transfer", *overrides, f"hydra.run.dir={tmp_path / 'run'}")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"advrun: error: {said}"), proc.stderr
 
 
 def test_a_sweep_over_models_writes_the_transfer_matrix(tmp_path):

@@ -36,21 +36,24 @@ from advrun.errors import AdvrunError, InvalidValue, keyed
 _WHITE_BOX = "n/a: {label} is a transfer attack; the audit's comparisons with white-box attacks on the target do not apply"
 
 
-def Transfer(craft: Any = None, surrogate: Any = None, eps: float | None = 0.1, norm: float | str = "inf",
-             target: int | str | None = None, data: Any = None) -> TransferAttack:
-    """The transfer attack of the crafting attack ``craft`` from the ``surrogate`` (a finished run
-    folder, or a model given from Python): a :class:`BoundedTransfer` for a bounded crafting attack,
-    a :class:`MinimumNormTransfer` for a minimum-norm one (see the module). ``data``: the run's data
-    set (:class:`advrun.data.Dataset`), which the surrogate's must match."""
-    craft = _as_attack(craft)
-    if not isinstance(craft, Attack):
-        raise InvalidValue("craft", f"must be an attack (a node with _target_, e.g. attack@attack.craft=fgsm), "
-                                    f"got {craft!r}")
-    if not isinstance(craft, (BoundedAttack, MinimumNormAttack)):  # a ThreatModelAttack: rotations, patches
-        raise InvalidValue("craft", f"{craft.label} is not an Lp attack; a transfer attack crafts with a bounded or "
-                                    "minimum-norm attack")
-    kind = BoundedTransfer if isinstance(craft, BoundedAttack) else MinimumNormTransfer
-    return kind(eps=eps, norm=norm, target=target, craft=craft, surrogate=surrogate, data=data)
+class Transfer:
+    """``Transfer(craft, surrogate, ...)`` (``attack=transfer``'s ``_target_``) builds the transfer attack of
+    the crafting attack ``craft`` from the ``surrogate`` (a finished run folder, or a model given from
+    Python): a :class:`BoundedTransfer` for a bounded crafting attack, a :class:`MinimumNormTransfer` for
+    a minimum-norm one (see the module). ``data``: the run's data set (:class:`advrun.data.Dataset`),
+    which the surrogate's must match."""
+
+    def __new__(cls, craft: Any = None, surrogate: Any = None, eps: float | None = 0.1, norm: float | str = "inf",
+                target: int | str | None = None, data: Any = None) -> TransferAttack:
+        craft = _as_attack(craft)
+        if not isinstance(craft, Attack):
+            raise InvalidValue("craft", f"must be an attack (a node with _target_, e.g. attack@attack.craft=fgsm), "
+                                        f"got {craft!r}")
+        if not isinstance(craft, (BoundedAttack, MinimumNormAttack)):  # a ThreatModelAttack: rotations, patches
+            raise InvalidValue("craft", f"{craft.label} is not an Lp attack; a transfer attack crafts with a bounded "
+                                        "or minimum-norm attack")
+        kind = BoundedTransfer if isinstance(craft, BoundedAttack) else MinimumNormTransfer
+        return kind(eps=eps, norm=norm, target=target, craft=craft, surrogate=surrogate, data=data)
 
 
 def transfer_of(attack: Attack, surrogate: Any) -> TransferAttack:
