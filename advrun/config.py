@@ -175,6 +175,7 @@ RUN_FIELDS: dict[str, Check] = {
     "cache.enabled": Switch(),
     "deterministic": Switch(),
     "report": Switch(),
+    "sweep.transfer": Switch(),
 }
 
 
@@ -222,7 +223,7 @@ def _check_keys(cfg: DictConfig) -> None:
     for key in cfg:
         if key not in known:
             raise ConfigError(str(key), f"is not a key of advrun's config; its keys: {', '.join(sorted(known))}")
-    for section in ("train", "eval", "cache"):
+    for section in ("train", "eval", "cache", "sweep"):
         node = cfg.get(section)
         if not isinstance(node, DictConfig):
             raise ConfigError(section, f"must be a group of keys ({', '.join(base[section])}), got {shown(node)}")

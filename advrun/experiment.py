@@ -126,7 +126,7 @@ def build_attack(cfg: DictConfig, data: Dataset, model: nn.Module) -> tuple[Atta
     eps = node.get("eps")
     if eps is None:
         eps = default_budgets(data, norm)["eps"]
-    attack = build(node, "attack", eps=eps)
+    attack = build(node, "attack", eps=eps, **accepted(node.get("_target_"), data=data))  # data: a transfer's check
     if not isinstance(attack, Attack):
         raise ConfigError("attack._target_", f"{node._target_} gives a {type(attack).__name__}, not an attack: derive "
                                              "from BoundedAttack, MinimumNormAttack or ThreatModelAttack (advrun.attacks)")

@@ -469,6 +469,7 @@ class SweepFolder:
     SUMMARY_BY_SEED = "summary_by_seed.csv"
     REPORT = "report.html"
     CURVES = "combined_curves"
+    TRANSFER = "transfer_matrix.csv"  # sweep.transfer=true: the transfer matrix (advrun.transfer_matrix)
     MULTIRUN = "multirun.yaml"  # Hydra's record of the sweep: its config and command line
 
     def __init__(self, path: str | os.PathLike):

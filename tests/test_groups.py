@@ -32,6 +32,7 @@ TINY_ATTACK = {
                  "attack.attacks=[{_target_: advrun.attacks.APGD, eps: 0.0, n_iter: 3},"
                  " {_target_: advrun.attacks.FAB, eps: null, n_iter: 3, n_target_classes: 2},"
                  " {_target_: advrun.attacks.Square, eps: 0.0, n_queries: 20}]"],
+    "transfer": ["attack.craft.steps=3"],  # attack.surrogate: a run the test makes first
 }
 
 
@@ -84,6 +85,9 @@ def test_option_composes_and_runs(group, option, make_cfg, tmp_path, request):
         overrides += [f"model.path={export_program(tmp_path / 'net.pt2')}"]
     if group == "attack":
         overrides += TINY_ATTACK.get(option, [])
+    if (group, option) == ("attack", "transfer"):  # the surrogate: a finished run on the same data
+        experiment.run(make_cfg(*TINY, "attack=none"), tmp_path / "surrogate")
+        overrides += [f"attack.surrogate={tmp_path / 'surrogate'}"]
     if group == "defense":
         overrides += TINY_DEFENSE.get(option, [])
     cfg = make_cfg(*overrides)

@@ -14,6 +14,9 @@ the others. :func:`write_sweep_report` writes into the root:
   95% interval of the pooled proportion;
 * ``summary.md``: the same as Markdown tables (overrides common to all jobs stated once);
 * ``combined_curves.png`` / ``.svg``: robust accuracy against epsilon, one line per finished job;
+* ``transfer_matrix.csv``: with ``sweep.transfer=true``, the transfer matrix between the jobs' models
+  (:mod:`advrun.transfer_matrix`): robust accuracy of each target job (columns) on the examples
+  crafted on each surrogate job (rows, column ``surrogate``);
 * ``report.html``: all of it in one self-contained page, linking each job's own report.
 """
 
@@ -281,8 +284,36 @@ def combined_curves(frame: pd.DataFrame, root: Path) -> list[tuple[str, pd.DataF
     return curves
 
 
+def transfer_section(sweep: SweepFolder, frame: pd.DataFrame) -> dict[str, Any] | None:
+    """With ``sweep.transfer=true``: the transfer matrix of the finished jobs, written as
+    ``transfer_matrix.csv``, and what the report shows of it (its table, or why there is none)."""
+    from advrun.transfer_matrix import requested, transfer_matrix
+
+    file = sweep.file(sweep.TRANSFER)
+    file.unlink(missing_ok=True)  # never an old matrix beside a new summary
+    done = frame[frame["status"] == OK] if len(frame) else frame
+    jobs = done["job"].astype(str).tolist() if len(done) else []
+    if not requested(sweep.path, jobs):
+        return None
+    try:
+        matrix = transfer_matrix(sweep.path, jobs)
+    except AdvrunError as e:
+        log.warning("no transfer matrix: %s", e)
+        return {"table": None, "note": f"No transfer matrix: {e.message}."}
+    io.write_csv(file, matrix.robust.reset_index())
+    varying, _ = varying_overrides(frame)
+    labels = [job_label(row, varying) for _, row in done.iterrows()]
+    rows = [[label, *map(pct, matrix.robust.loc[job])] for job, label in zip(jobs, labels)]
+    budget = "" if matrix.eps is None else f" at eps {matrix.eps:g}"
+    return {"table": table(["crafted on / evaluated on", *labels], rows),
+            "note": f"Robust accuracy of each job's model (columns) on the adversarial examples that {matrix.attack} "
+                    f"crafts{budget} on each job's model (rows), over the same {matrix.n_eval} evaluation samples; "
+                    "the diagonal holds each job's own white-box figure. A high entry off the diagonal: the "
+                    "examples transfer poorly to that model."}
+
+
 def sweep_context(root: Path, frame: pd.DataFrame, report: str, picture: Path | None,
-                  groups: pd.DataFrame | None = None) -> dict[str, Any]:
+                  groups: pd.DataFrame | None = None, transfer: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the summary shows, for ``sweep.j2``: job cells link each job's ``report`` (``report.md`` or
     ``report.html``); ``picture`` is the PNG of the combined curves, if any; ``groups`` the jobs
     aggregated over seeds (:func:`seed_groups`), shown where a group holds more than one job."""
@@ -295,7 +326,7 @@ def sweep_context(root: Path, frame: pd.DataFrame, report: str, picture: Path | 
             "counts": {**counts, "total": len(frame)}, "jobs": summary_table(frame, root, report),
             "common": [f"{k}={v}" for k, v in common.items()],
             "seeds": seed_table(groups, frame) if groups is not None and (groups["n_jobs"] > 1).any() else None,
-            "figure": figure(picture, caption, root) if picture is not None else None}
+            "figure": figure(picture, caption, root) if picture is not None else None, "transfer": transfer}
 
 
 def write_sweep_report(root: str | Path, *, rebuild_jobs: bool = False) -> pd.DataFrame:
@@ -313,6 +344,7 @@ def write_sweep_report(root: str | Path, *, rebuild_jobs: bool = False) -> pd.Da
     io.write_csv(sweep.file(sweep.SUMMARY_CSV), frame)
     groups = seed_groups(frame)
     io.write_csv(sweep.file(sweep.SUMMARY_BY_SEED), groups)
+    transfer = transfer_section(sweep, frame)
     picture = None
     curves = combined_curves(frame, root) if len(frame) else []
     if curves:
@@ -323,6 +355,6 @@ def write_sweep_report(root: str | Path, *, rebuild_jobs: bool = False) -> pd.Da
             file.unlink(missing_ok=True)
     markdown, page = RunFolder.REPORTS
     for fmt, file, report in (("md", sweep.SUMMARY_MD, markdown), ("html", sweep.REPORT, page)):
-        io.write_text(sweep.file(file), render("sweep.j2", fmt, **sweep_context(root, frame, report, picture, groups)))
+        io.write_text(sweep.file(file), render("sweep.j2", fmt, **sweep_context(root, frame, report, picture, groups, transfer)))
     log.info("sweep summary of %d jobs in %s", len(frame), root)
     return frame
