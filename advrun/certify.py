@@ -69,6 +69,7 @@ can be reached); certified accuracy, like robust accuracy, counts over all N sam
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -89,6 +90,9 @@ NORMS = (math.inf, 2.0, 1.0)
 #: How the change of the activation's slope inside the ball is bounded (module docstring).
 BOUNDS = ("local", "lipschitz")
 _BISECTION_STEPS = 60
+#: Added to every computed square of an RKHS norm and taken from every kernel margin: the
+#: absolute error of kernel values that underflow (below the smallest normal float64).
+_TINY = 1e-300
 #: Names of the activations whose derivative is Lipschitz (as the table builds them: elu with alpha 1).
 _SMOOTH = [activation.name for activation in ACTIVATIONS.values() if activation.smooth(activation.build(1.0))]
 
@@ -125,6 +129,46 @@ class OneHiddenLayer:
     outer: AffinePart
 
 
+@dataclass
+class KernelPart:
+    """``z = weight @ k(x) + bias`` with ``k_i(x) = exp(-gamma ||x.flatten() - centres_i||^2)``
+    (float64; :class:`advrun.models.KernelMachine`)."""
+
+    centres: torch.Tensor
+    gamma: float
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``k(x)`` for flat float64 inputs ``(n, d)``, squared distances summed from the coordinates'
+        differences (no cancellation; the rounding :func:`_kernel_radii` allows for)."""
+        distances = torch.cdist(x, self.centres, compute_mode="donot_use_mm_for_euclid_dist")
+        return torch.exp(-self.gamma * distances.square())
+
+    @functools.cached_property
+    def gram(self) -> torch.Tensor:
+        """``G_lm = k(c_l, c_m)``, the kernel of the centres with each other."""
+        return self.features(self.centres)
+
+    @functools.cached_property
+    def rkhs_norms(self) -> torch.Tensor:
+        """``(K, K)``: an upper bound on ``||g_cj||_H``, the RKHS norm of ``sum_i (alpha_ci - alpha_ji) k(c_i, .)``,
+        from ``beta^T G beta`` with ``beta = alpha_c - alpha_j`` plus its float64 rounding."""
+        beta = self.weight[:, None, :] - self.weight[None]  # (K, K, N)
+        squared = ((beta @ self.gram) * beta).sum(dim=2)
+        size = ((beta.abs() @ self.gram) * beta.abs()).sum(dim=2)
+        return (squared.clamp_min(0.0) + _kernel_rounding(self) * size + _TINY).sqrt()
+
+
+def _kernel_rounding(part: KernelPart) -> float:
+    """A relative bound on the float64 rounding of a sum over centres of ``beta_i k_i``: each
+    kernel value carries at most ``746 (d + 5)`` units of roundoff (``gamma ||x - c||^2`` is at most
+    745 where ``exp`` does not underflow, its squared distance off by ``d + 4`` units), each sum of
+    ``N`` (for the Gram form ``2N``) terms adds ``2N`` units; 1% on top for the products."""
+    count, dims = part.centres.shape
+    return 1.01 * 2.0**-53 * (746 * (dims + 5) + 2 * count + 16)
+
+
 def _read_affine(part: nn.Module, probes: torch.Tensor, what: str) -> AffinePart:
     try:
         weight, bias = affine_map(part, probes)
@@ -134,10 +178,16 @@ def _read_affine(part: nn.Module, probes: torch.Tensor, what: str) -> AffinePart
     return AffinePart(weight.detach().double(), bias.detach().double())
 
 
-def decompose(model: nn.Module, probes: torch.Tensor) -> AffinePart | OneHiddenLayer:
+def decompose(model: nn.Module, probes: torch.Tensor) -> AffinePart | OneHiddenLayer | KernelPart:
     """The model as an :class:`AffinePart` or a :class:`OneHiddenLayer` (read off by autograd at
     ``probes``, so a normalisation layer is folded into the first affine map); raises
-    :class:`InvalidValue` for any other model. Needs gradients enabled and eval mode."""
+    :class:`InvalidValue` for any other model; a :class:`KernelPart` for a Gaussian-kernel machine.
+    Needs gradients enabled and eval mode."""
+    from advrun.models import KernelMachine  # not at the top: models imports structure, as this module does
+
+    if isinstance(model, KernelMachine):
+        return KernelPart(model.kernel.centres.detach().double(), float(model.kernel.gamma),
+                          model.head.weight.detach().double(), model.head.bias.detach().double())
     split = split_at_activations(model)
     count = len(split.activations)
     if split.nested:
@@ -252,6 +302,27 @@ def _one_hidden_layer_radii(net: OneHiddenLayer, x: torch.Tensor, y: torch.Tenso
     return largest_certified_radius(certified_by, certified_by(torch.zeros(len(x), dtype=x.dtype, device=x.device)))
 
 
+def _kernel_radii(part: KernelPart, x: torch.Tensor, y: torch.Tensor, p: float, bound: str) -> torch.Tensor:
+    """The Gaussian-kernel certificate (module docstring): with ``g_j = f_y - f_j``, ``m_j = g_j(x)``
+    and ``t_j = m_j^2 / (2 ||g_j||_H^2)``, the L2 radius ``min_j sqrt(-log(1 - t_j) / gamma)``
+    (infinite where ``t_j >= 1``), or ``min_j sqrt(t_j / gamma)`` with ``bound="lipschitz"``;
+    divided by ``d^(1/2 - 1/p)`` for ``p > 2``. Margins lose, and norms gain, their float64 rounding."""
+    features = part.features(x)
+    logits = features @ part.weight.T + part.bias
+    beta = part.weight[y][:, None, :] - part.weight[None]  # (n, K, N)
+    size = (beta.abs() * features[:, None, :]).sum(dim=2) + part.bias[y][:, None].abs() + part.bias.abs()
+    margins = logits.gather(1, y[:, None]) - logits - _kernel_rounding(part) * size - _TINY
+    norms = part.rkhs_norms[y]
+    ratio = torch.where(margins > 0, margins.square() / (2 * norms.square()), 0.0) * (1 - 2.0**-50)
+    if bound == "lipschitz":
+        squared = ratio / part.gamma
+    else:
+        squared = torch.where(ratio < 1, -torch.log1p(-ratio.clamp_max(1.0)) / part.gamma, math.inf)
+    own = torch.nn.functional.one_hot(y, logits.shape[1]).bool()
+    radii = squared.sqrt().masked_fill(own, math.inf).amin(dim=1)
+    return radii / x.shape[1] ** max(0.0, 0.5 - 1 / p) * (1 - 2.0**-50)  # less a few units of the last place
+
+
 def largest_certified_radius(certified_by: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
                              steps: int = _BISECTION_STEPS) -> torch.Tensor:
     """Per sample ``max_R min(certified_by(R), R)`` for a non-increasing ``certified_by`` (the
@@ -302,6 +373,7 @@ def certified_radii(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: ob
                 correct = model(xb).argmax(dim=1) == yb
             flat = xb.flatten(1).double()
             radii = (_affine_radii(net, flat, yb, dual_norm(p)) if isinstance(net, AffinePart)
+                     else _kernel_radii(net, flat, yb, p, bound) if isinstance(net, KernelPart)
                      else _one_hidden_layer_radii(net, flat, yb, p, bound))
             parts.append(torch.where(correct, radii, 0.0))
     return torch.cat(parts)
