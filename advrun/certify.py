@@ -6,7 +6,7 @@ changes the model's decision (where attacks give only upper bounds).
 mixed-integer programs), ``smoothing`` (:mod:`advrun.smoothing`, the smoothed classifier) and
 ``hein``, the closed forms below; :func:`choose` is ``eval.certify=auto``'s choice.
 
-``hein`` gives a radius ``r`` per sample, for two families of models, computed in float64 from
+``hein`` gives a radius ``r`` per sample, for three families of models, computed in float64 from
 the model's float32 weights:
 
 * **Affine classifiers** ``z = W x + b`` (``model=logreg``, or any model whose logits are affine
@@ -46,6 +46,27 @@ the model's float32 weights:
   ``g_j`` to be the integral of its gradient along segments, so torch's softplus, which turns
   into the identity above ``threshold`` (a jump of about 2e-9 in ``sigma'``), is covered: the
   local ``E_r`` is read off torch's own ``sigma'``, and the Lipschitz form adds the jump.
+
+* **Gaussian-kernel machines** ``f_k(x) = sum_i alpha_ki exp(-gamma ||x - c_i||^2) + b_k``
+  (``model=kernel``, :class:`advrun.models.KernelMachine`): the RKHS argument of Hein &
+  Andriushchenko 2017 for kernel methods. The Gaussian kernel is an inner product of features,
+  ``k(x, z) = <Phi(x), Phi(z)>_H`` with ``||Phi(x)||_H = 1``, so ``||Phi(x) - Phi(z)||_H^2 = 2 - 2 k(x, z)``.
+  With ``c = y``, ``g_j = f_c - f_j = <w_j, Phi(.)>_H + b_c - b_j`` with
+  ``w_j = sum_i beta_i Phi(c_i)``, ``beta = alpha_c - alpha_j`` and ``||w_j||_H^2 = beta^T G beta``
+  (``G`` the kernel of the centres with each other); the bias cancels from any change of ``g_j``, and
+  by Cauchy-Schwarz ``|g_j(x + d) - g_j(x)| <= ||w_j||_H sqrt(2 - 2 exp(-gamma ||d||_2^2))``.
+  The decision stays ``c`` while this is below every margin ``g_j(x)``, so
+
+      ``r_2 = min_{j != c} sqrt(-log(1 - g_j(x)^2 / (2 ||w_j||_H^2)) / gamma)``,
+
+  infinite where ``g_j(x) >= sqrt(2) ||w_j||_H`` (the kernel part cannot move ``g_j`` that far).
+  ``bound="lipschitz"`` uses ``2 - 2 exp(-s) <= 2 s`` (the feature map is ``sqrt(2 gamma)``-Lipschitz),
+  the global form ``g_j(x) / (sqrt(2 gamma) ||w_j||_H)``, never larger. Other norms through
+  ``||d||_2 <= ||d||_1`` and ``||d||_2 <= sqrt(d) ||d||_inf``: ``r_1 = r_2``, ``r_inf = r_2 / sqrt(d)``.
+  The float64 rounding of the kernel values and sums is bounded (:func:`_kernel_rounding`) and
+  taken from the margins and added to the norms, and the radius loses a few units of its last
+  place, so the radius holds for the exact arithmetic of the weights despite rounding (``G`` is
+  positive semi-definite, but a float64 ``beta^T G beta`` can cancel to near 0).
 
 ReLU, leaky ReLU and abs networks are refused by ``hein``: their derivative jumps at 0, so the
 theorem's Lipschitz-derivative argument does not apply. Deeper networks and CNNs are refused
@@ -354,7 +375,8 @@ def certified_radii(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: ob
     such that the model classifies every ``x + d`` with ``||d|| <= r`` as ``y`` (data bounds
     ignored, which keeps ``r`` a valid lower bound); 0 where the model misclassifies ``x``.
 
-    Exact for affine models; the Hein-Andriushchenko bound for one-hidden-layer networks, with
+    Exact for affine models; the Hein-Andriushchenko bounds for Gaussian-kernel machines and
+    one-hidden-layer networks, with
     ``bound`` ``"local"`` (default, tighter) or ``"lipschitz"`` (the paper's constant; ignored for
     affine models). Other models raise :class:`InvalidValue` (see :func:`check_certifiable`).
     ``batch_size`` samples are certified at once (memory ~ batch * classes * input size)."""
@@ -460,7 +482,8 @@ def _applies(model: nn.Module, method: str, norm: float, in_shape: Sequence[int]
 
 def choose(model: nn.Module, norm: object, in_shape: Sequence[int]) -> list[str]:
     """The methods ``auto`` runs: ``hein`` where it applies (exact for affine models; the
-    Hein-Andriushchenko bound for one hidden layer), together with ``crown`` for networks (the
+    Hein-Andriushchenko bounds for one hidden layer and for Gaussian-kernel machines, which
+    ``crown`` cannot read), together with ``crown`` for networks (the
     union of two sound proofs); ``crown`` for any other network of supported layers; nothing for
     the rest. The exact verifier (time exponential in the unstable units) and smoothing (another
     classifier) run only by name."""
