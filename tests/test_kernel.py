@@ -183,7 +183,8 @@ def test_the_change_of_a_class_difference_within_r_stays_below_the_feature_dista
         assert (change <= bound * (1 + 1e-12) + 1e-12).all()
         assert (bound <= g_norm * math.sqrt(2 * part.gamma) * lengths * (1 + 1e-12) + 1e-15).all()
         worst = max(worst, (change / bound.clamp_min(1e-300))[lengths > 0].max().item())
-    assert worst > 0.3  # the bound is not vacuous: the grid comes within a factor of about 3 of it
+    # the bound is not vacuous: over seeds 0-5 the grid reaches 0.43-0.97 of it (margin 0.13)
+    assert worst > 0.3
 
 
 def first_adversarial_radius(model: KernelMachine, point: torch.Tensor, label: int, grid_radii, ring) -> float:
