@@ -11,6 +11,9 @@ hidden layer. Training runs in train mode (batch statistics, random masks); atta
 evaluation and certification run in eval mode, where batch norm is the fixed affine map of
 its running statistics and dropout is the identity.
 
+A Gaussian-kernel machine (:class:`KernelMachine`, ``model=kernel``) takes its centres from the
+training images in ``fit_normalization``, the hook that fits the normalisation of the others.
+
 Models can also come without code: a file saved by ``torch.export.save`` or ``torch.jit.save``
 (:class:`Exported`, ``model=exported``), checked against the data set's shape and classes, or
 a torchvision classification architecture by name (:class:`TorchVision`, ``model=torchvision``).
