@@ -330,9 +330,9 @@ def _kernel_radii(part: KernelPart, x: torch.Tensor, y: torch.Tensor, p: float, 
     divided by ``d^(1/2 - 1/p)`` for ``p > 2``. Margins lose, and norms gain, their float64 rounding."""
     features = part.features(x)
     logits = features @ part.weight.T + part.bias
-    beta = part.weight[y][:, None, :] - part.weight[None]  # (n, K, N)
-    size = (beta.abs() * features[:, None, :]).sum(dim=2) + part.bias[y][:, None].abs() + part.bias.abs()
-    margins = logits.gather(1, y[:, None]) - logits - _kernel_rounding(part) * size - _TINY
+    sizes = features @ part.weight.abs().T + part.bias.abs()  # what each logit's rounding is relative to
+    margins = logits.gather(1, y[:, None]) - logits - _kernel_rounding(part) * (sizes.gather(1, y[:, None]) + sizes)
+    margins = margins - _TINY
     norms = part.rkhs_norms[y]
     ratio = torch.where(margins > 0, margins.square() / (2 * norms.square()), 0.0) * (1 - 2.0**-50)
     if bound == "lipschitz":
