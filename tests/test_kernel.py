@@ -296,3 +296,27 @@ def test_the_kernel_study_applies_its_regularizer_whichever_override_comes_first
     assert cfg.model._target_.endswith("KernelMachine") and cfg.eval.certify == "hein"
     assert cfg.defense._target_.endswith("CrossLipschitz" if regularizer == "cross_lipschitz" else "Standard")
     assert (cfg.optimizer.get("weight_decay", 0) > 0) == (regularizer == "weight_decay")
+
+
+@pytest.mark.numerics
+def test_on_mnist_no_deepfool_or_fmn_perturbation_goes_below_the_certified_radius(make_cfg, tmp_path, shared_data):
+    """784 inputs and 300 centres: the rounding allowance grows with both; the radius stays sound."""
+    cfg = make_cfg("+experiment=crosslip_mnist_kernel", "+regularizer=cross_lipschitz", f"dataset.root={shared_data}",
+                   "dataset.n_train=1000", "model.centres=300", "train.epochs=3", "eval.n_samples=100",
+                   "attack.steps=5", "eval.epsilons=[0,0.5]", "eval.audit=false", "report=false", "device=cpu",
+                   "cache.enabled=false")
+    metrics = experiment.run(cfg, tmp_path / "run")
+    assert metrics["certified_method"] == "hein"
+    model = experiment.load_run(tmp_path / "run").model
+    from advrun.data import load_dataset
+
+    data = load_dataset(experiment.to_container(cfg.dataset))
+    x, y = data.x_test[:100], data.y_test[:100]
+    radii = certified_radii(model, x, y, 2)
+    clean = correct(model, x, y)
+    assert (radii[clean] > 0).all()
+    for attack in (DeepFool(norm=2), FMN(norm=2, steps=200)):
+        result = attack(model, x, y, bounds=WIDE)
+        hit = result.success & clean
+        assert hit.sum() >= 0.9 * clean.sum()
+        assert (radii[hit] <= result.norms[hit].double() + ATTACK_SLACK).all(), attack.label
