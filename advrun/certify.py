@@ -6,7 +6,7 @@ changes the model's decision (where attacks give only upper bounds).
 mixed-integer programs), ``smoothing`` (:mod:`advrun.smoothing`, the smoothed classifier) and
 ``hein``, the closed forms below; :func:`choose` is ``eval.certify=auto``'s choice.
 
-``hein`` gives a radius ``r`` per sample, for two families of models, computed in float64 from
+``hein`` gives a radius ``r`` per sample, for three families of models, computed in float64 from
 the model's float32 weights:
 
 * **Affine classifiers** ``z = W x + b`` (``model=logreg``, or any model whose logits are affine
@@ -47,6 +47,27 @@ the model's float32 weights:
   into the identity above ``threshold`` (a jump of about 2e-9 in ``sigma'``), is covered: the
   local ``E_r`` is read off torch's own ``sigma'``, and the Lipschitz form adds the jump.
 
+* **Gaussian-kernel machines** ``f_k(x) = sum_i alpha_ki exp(-gamma ||x - c_i||^2) + b_k``
+  (``model=kernel``, :class:`advrun.models.KernelMachine`): the RKHS argument of Hein &
+  Andriushchenko 2017 for kernel methods. The Gaussian kernel is an inner product of features,
+  ``k(x, z) = <Phi(x), Phi(z)>_H`` with ``||Phi(x)||_H = 1``, so ``||Phi(x) - Phi(z)||_H^2 = 2 - 2 k(x, z)``.
+  With ``c = y``, ``g_j = f_c - f_j = <w_j, Phi(.)>_H + b_c - b_j`` with
+  ``w_j = sum_i beta_i Phi(c_i)``, ``beta = alpha_c - alpha_j`` and ``||w_j||_H^2 = beta^T G beta``
+  (``G`` the kernel of the centres with each other); the bias cancels from any change of ``g_j``, and
+  by Cauchy-Schwarz ``|g_j(x + d) - g_j(x)| <= ||w_j||_H sqrt(2 - 2 exp(-gamma ||d||_2^2))``.
+  The decision stays ``c`` while this is below every margin ``g_j(x)``, so
+
+      ``r_2 = min_{j != c} sqrt(-log(1 - g_j(x)^2 / (2 ||w_j||_H^2)) / gamma)``,
+
+  infinite where ``g_j(x) >= sqrt(2) ||w_j||_H`` (the kernel part cannot move ``g_j`` that far).
+  ``bound="lipschitz"`` uses ``2 - 2 exp(-s) <= 2 s`` (the feature map is ``sqrt(2 gamma)``-Lipschitz),
+  the global form ``g_j(x) / (sqrt(2 gamma) ||w_j||_H)``, never larger. Other norms through
+  ``||d||_2 <= ||d||_1`` and ``||d||_2 <= sqrt(d) ||d||_inf``: ``r_1 = r_2``, ``r_inf = r_2 / sqrt(d)``.
+  The float64 rounding of the kernel values and sums is bounded (:func:`_kernel_rounding`) and
+  taken from the margins and added to the norms, and the radius loses a few units of its last
+  place, so the radius holds for the exact arithmetic of the weights despite rounding (``G`` is
+  positive semi-definite, but a float64 ``beta^T G beta`` can cancel to near 0).
+
 ReLU, leaky ReLU and abs networks are refused by ``hein``: their derivative jumps at 0, so the
 theorem's Lipschitz-derivative argument does not apply. Deeper networks and CNNs are refused
 too (``crown`` and ``exact`` certify them).
@@ -69,6 +90,7 @@ can be reached); certified accuracy, like robust accuracy, counts over all N sam
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -89,6 +111,9 @@ NORMS = (math.inf, 2.0, 1.0)
 #: How the change of the activation's slope inside the ball is bounded (module docstring).
 BOUNDS = ("local", "lipschitz")
 _BISECTION_STEPS = 60
+#: Added to every computed square of an RKHS norm and taken from every kernel margin: the
+#: absolute error of kernel values that underflow (below the smallest normal float64).
+_TINY = 1e-300
 #: Names of the activations whose derivative is Lipschitz (as the table builds them: elu with alpha 1).
 _SMOOTH = [activation.name for activation in ACTIVATIONS.values() if activation.smooth(activation.build(1.0))]
 
@@ -125,6 +150,46 @@ class OneHiddenLayer:
     outer: AffinePart
 
 
+@dataclass
+class KernelPart:
+    """``z = weight @ k(x) + bias`` with ``k_i(x) = exp(-gamma ||x.flatten() - centres_i||^2)``
+    (float64; :class:`advrun.models.KernelMachine`)."""
+
+    centres: torch.Tensor
+    gamma: float
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``k(x)`` for flat float64 inputs ``(n, d)``, squared distances summed from the coordinates'
+        differences (no cancellation; the rounding :func:`_kernel_radii` allows for)."""
+        distances = torch.cdist(x, self.centres, compute_mode="donot_use_mm_for_euclid_dist")
+        return torch.exp(-self.gamma * distances.square())
+
+    @functools.cached_property
+    def gram(self) -> torch.Tensor:
+        """``G_lm = k(c_l, c_m)``, the kernel of the centres with each other."""
+        return self.features(self.centres)
+
+    @functools.cached_property
+    def rkhs_norms(self) -> torch.Tensor:
+        """``(K, K)``: an upper bound on ``||g_cj||_H``, the RKHS norm of ``sum_i (alpha_ci - alpha_ji) k(c_i, .)``,
+        from ``beta^T G beta`` with ``beta = alpha_c - alpha_j`` plus its float64 rounding."""
+        beta = self.weight[:, None, :] - self.weight[None]  # (K, K, N)
+        squared = ((beta @ self.gram) * beta).sum(dim=2)
+        size = ((beta.abs() @ self.gram) * beta.abs()).sum(dim=2)
+        return (squared.clamp_min(0.0) + _kernel_rounding(self) * size + _TINY).sqrt()
+
+
+def _kernel_rounding(part: KernelPart) -> float:
+    """A relative bound on the float64 rounding of a sum over centres of ``beta_i k_i``: each
+    kernel value carries at most ``746 (d + 5)`` units of roundoff (``gamma ||x - c||^2`` is at most
+    745 where ``exp`` does not underflow, its squared distance off by ``d + 4`` units), each sum of
+    ``N`` (for the Gram form ``2N``) terms adds ``2N`` units; 1% on top for the products."""
+    count, dims = part.centres.shape
+    return 1.01 * 2.0**-53 * (746 * (dims + 5) + 2 * count + 16)
+
+
 def _read_affine(part: nn.Module, probes: torch.Tensor, what: str) -> AffinePart:
     try:
         weight, bias = affine_map(part, probes)
@@ -134,10 +199,16 @@ def _read_affine(part: nn.Module, probes: torch.Tensor, what: str) -> AffinePart
     return AffinePart(weight.detach().double(), bias.detach().double())
 
 
-def decompose(model: nn.Module, probes: torch.Tensor) -> AffinePart | OneHiddenLayer:
+def decompose(model: nn.Module, probes: torch.Tensor) -> AffinePart | OneHiddenLayer | KernelPart:
     """The model as an :class:`AffinePart` or a :class:`OneHiddenLayer` (read off by autograd at
     ``probes``, so a normalisation layer is folded into the first affine map); raises
-    :class:`InvalidValue` for any other model. Needs gradients enabled and eval mode."""
+    :class:`InvalidValue` for any other model; a :class:`KernelPart` for a Gaussian-kernel machine.
+    Needs gradients enabled and eval mode."""
+    from advrun.models import KernelMachine  # not at the top: models imports structure, as this module does
+
+    if isinstance(model, KernelMachine):
+        return KernelPart(model.kernel.centres.detach().double(), float(model.kernel.gamma),
+                          model.head.weight.detach().double(), model.head.bias.detach().double())
     split = split_at_activations(model)
     count = len(split.activations)
     if split.nested:
@@ -252,6 +323,27 @@ def _one_hidden_layer_radii(net: OneHiddenLayer, x: torch.Tensor, y: torch.Tenso
     return largest_certified_radius(certified_by, certified_by(torch.zeros(len(x), dtype=x.dtype, device=x.device)))
 
 
+def _kernel_radii(part: KernelPart, x: torch.Tensor, y: torch.Tensor, p: float, bound: str) -> torch.Tensor:
+    """The Gaussian-kernel certificate (module docstring): with ``g_j = f_y - f_j``, ``m_j = g_j(x)``
+    and ``t_j = m_j^2 / (2 ||g_j||_H^2)``, the L2 radius ``min_j sqrt(-log(1 - t_j) / gamma)``
+    (infinite where ``t_j >= 1``), or ``min_j sqrt(t_j / gamma)`` with ``bound="lipschitz"``;
+    divided by ``d^(1/2 - 1/p)`` for ``p > 2``. Margins lose, and norms gain, their float64 rounding."""
+    features = part.features(x)
+    logits = features @ part.weight.T + part.bias
+    sizes = features @ part.weight.abs().T + part.bias.abs()  # what each logit's rounding is relative to
+    margins = logits.gather(1, y[:, None]) - logits - _kernel_rounding(part) * (sizes.gather(1, y[:, None]) + sizes)
+    margins = margins - _TINY
+    norms = part.rkhs_norms[y]
+    ratio = torch.where(margins > 0, margins.square() / (2 * norms.square()), 0.0) * (1 - 2.0**-50)
+    if bound == "lipschitz":
+        squared = ratio / part.gamma
+    else:
+        squared = torch.where(ratio < 1, -torch.log1p(-ratio.clamp_max(1.0)) / part.gamma, math.inf)
+    own = torch.nn.functional.one_hot(y, logits.shape[1]).bool()
+    radii = squared.sqrt().masked_fill(own, math.inf).amin(dim=1)
+    return radii / x.shape[1] ** max(0.0, 0.5 - 1 / p) * (1 - 2.0**-50)  # less a few units of the last place
+
+
 def largest_certified_radius(certified_by: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
                              steps: int = _BISECTION_STEPS) -> torch.Tensor:
     """Per sample ``max_R min(certified_by(R), R)`` for a non-increasing ``certified_by`` (the
@@ -283,7 +375,8 @@ def certified_radii(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: ob
     such that the model classifies every ``x + d`` with ``||d|| <= r`` as ``y`` (data bounds
     ignored, which keeps ``r`` a valid lower bound); 0 where the model misclassifies ``x``.
 
-    Exact for affine models; the Hein-Andriushchenko bound for one-hidden-layer networks, with
+    Exact for affine models; the Hein-Andriushchenko bounds for Gaussian-kernel machines and
+    one-hidden-layer networks, with
     ``bound`` ``"local"`` (default, tighter) or ``"lipschitz"`` (the paper's constant; ignored for
     affine models). Other models raise :class:`InvalidValue` (see :func:`check_certifiable`).
     ``batch_size`` samples are certified at once (memory ~ batch * classes * input size)."""
@@ -302,6 +395,7 @@ def certified_radii(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: ob
                 correct = model(xb).argmax(dim=1) == yb
             flat = xb.flatten(1).double()
             radii = (_affine_radii(net, flat, yb, dual_norm(p)) if isinstance(net, AffinePart)
+                     else _kernel_radii(net, flat, yb, p, bound) if isinstance(net, KernelPart)
                      else _one_hidden_layer_radii(net, flat, yb, p, bound))
             parts.append(torch.where(correct, radii, 0.0))
     return torch.cat(parts)
@@ -388,7 +482,8 @@ def _applies(model: nn.Module, method: str, norm: float, in_shape: Sequence[int]
 
 def choose(model: nn.Module, norm: object, in_shape: Sequence[int]) -> list[str]:
     """The methods ``auto`` runs: ``hein`` where it applies (exact for affine models; the
-    Hein-Andriushchenko bound for one hidden layer), together with ``crown`` for networks (the
+    Hein-Andriushchenko bounds for one hidden layer and for Gaussian-kernel machines, which
+    ``crown`` cannot read), together with ``crown`` for networks (the
     union of two sound proofs); ``crown`` for any other network of supported layers; nothing for
     the rest. The exact verifier (time exponential in the unstable units) and smoothing (another
     classifier) run only by name."""

@@ -93,7 +93,8 @@ def build_model(node: DictConfig, data: Dataset) -> nn.Module:
         raise ConfigError("model", f"must be a torch.nn.Module mapping inputs to logits; {spec.get('_target_')} "
                                    f"gives a {type(model).__name__}")
     if hasattr(model, "fit_normalization"):
-        model.fit_normalization(data.x_train.cpu())
+        with keyed("model"):
+            model.fit_normalization(data.x_train.cpu())
     if node.get("checkpoint"):
         load_weights(model, node.checkpoint, probe=data.x_test)
     return model

@@ -11,6 +11,9 @@ hidden layer. Training runs in train mode (batch statistics, random masks); atta
 evaluation and certification run in eval mode, where batch norm is the fixed affine map of
 its running statistics and dropout is the identity.
 
+A Gaussian-kernel machine (:class:`KernelMachine`, ``model=kernel``) takes its centres from the
+training images in ``fit_normalization``, the hook that fits the normalisation of the others.
+
 Models can also come without code: a file saved by ``torch.export.save`` or ``torch.jit.save``
 (:class:`Exported`, ``model=exported``), checked against the data set's shape and classes, or
 a torchvision classification architecture by name (:class:`TorchVision`, ``model=torchvision``).
@@ -290,6 +293,73 @@ class WongMNIST(Classifier):
             nn.Linear(32 * 7 * 7, 100), nn.ReLU(),
             nn.Linear(100, 10),
         )
+
+
+class GaussianFeatures(nn.Module):
+    """The Gaussian (RBF) kernel of flat inputs with each centre: ``exp(-gamma ||x - c_i||^2)``,
+    one feature per row of ``centres`` ``(N, d)``. Centres and ``gamma`` are buffers (in the
+    ``state_dict``, not trained), set by :meth:`KernelMachine.fit_normalization`."""
+
+    def __init__(self, features: int, count: int):
+        super().__init__()
+        self.register_buffer("centres", torch.zeros(count, features))
+        self.register_buffer("gamma", torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.centres
+        squared = (x * x).sum(dim=1, keepdim=True) - 2 * x @ c.T + (c * c).sum(dim=1)
+        return torch.exp(-self.gamma * squared.clamp_min(0.0))
+
+
+class KernelMachine(Classifier):
+    """A Gaussian-kernel machine, ``f_k(x) = sum_i alpha_ki exp(-gamma ||x - c_i||^2) + b_k``
+    (Hein & Andriushchenko 2017, section 2.1; the form of a kernel SVM's decision function): the
+    layers ``Flatten``, :class:`GaussianFeatures`, ``Linear`` (``alpha`` is its weight, ``b`` its
+    bias), trained by the run's optimizer and loss, so weight decay acts on ``alpha`` and a
+    defense such as cross-Lipschitz regularisation applies as to any model.
+
+    ``centres`` training images, drawn without replacement with the run's seed
+    (``torch.initial_seed()``, its own generator: the global random state does not move), are the
+    ``c_i``, on the raw inputs (no normalisation layer: distances in the data's own scale, the
+    scale of the perturbations). ``gamma: auto`` is ``1 / (d Var(x_train))`` over all pixels of
+    the training set (scikit-learn's ``gamma="scale"``). Both are buffers, so a saved model
+    reloads with its own centres and ``gamma``. Certified by ``eval.certify=hein``
+    (:mod:`advrun.certify`)."""
+
+    def __init__(self, in_shape: Sequence[int], num_classes: int, centres: int = 500, gamma: float | str = "auto"):
+        _check_shape(in_shape, num_classes)
+        require_int("centres", centres, minimum=1)
+        if gamma != "auto":
+            require_positive("gamma", gamma, hint=" or auto (1 / (d Var(x_train)))")
+        features = math.prod(in_shape)
+        super().__init__(nn.Flatten(), GaussianFeatures(features, centres), nn.Linear(centres, num_classes))
+        self.gamma_option = gamma
+        if gamma != "auto":
+            self.kernel.gamma.fill_(float(gamma))
+
+    @property
+    def kernel(self) -> GaussianFeatures:
+        return self[1]
+
+    @property
+    def head(self) -> nn.Linear:
+        return self[2]
+
+    def fit_normalization(self, x_train: torch.Tensor) -> None:
+        """Draw the centres from the training inputs ``x_train`` (and fit ``gamma: auto``)."""
+        count = len(self.kernel.centres)
+        if count > len(x_train):
+            raise InvalidValue("centres", f"asks for {count} training images as centres; the training set has "
+                                          f"{len(x_train)}")
+        generator = torch.Generator().manual_seed(torch.initial_seed())
+        chosen = torch.randperm(len(x_train), generator=generator)[:count]
+        flat = x_train.flatten(1)
+        self.kernel.centres.copy_(flat[chosen.to(flat.device)])
+        if self.gamma_option == "auto":
+            spread = float(flat.double().var()) * flat.shape[1]
+            if not spread > 0:
+                raise InvalidValue("gamma", "auto needs training inputs that vary (Var(x_train) is 0); give a number")
+            self.kernel.gamma.fill_(1.0 / spread)
 
 
 # ------------------------------------------------------------------ models brought as files or by name

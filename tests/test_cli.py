@@ -91,7 +91,7 @@ def test_debug_switch_shows_the_traceback(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, key, words", [
-    (["model=transformer"], "model", "available options in 'model': cnn, exported, logreg, mlp"),
+    (["model=transformer"], "model", "available options in 'model': cnn, exported, kernel, logreg, mlp"),
     (["+experiment=nope"], "experiment", "madry_mnist"),
     (["attack=fgsm", "attack.steps=3"], "attack.steps", "not a key of attack; its keys: eps, norm, target"),
     (["train.epochs=[1,"], "train.epochs", "cannot parse"),

@@ -41,6 +41,7 @@ TINY_MODEL = {
     "resnet": ["model.width=8"],  # PreActResNet-18 at 1/8 of its width
     "torchvision": ["model.name=resnet18", "dataset.n_train=32", "train.epochs=1"],  # 11M parameters
     "exported": ["train.epochs=0"],  # a program evaluated as it is (model.path: written by the test)
+    "kernel": ["model.centres=50"],  # centres are training images: TINY keeps 240
 }
 
 OPTIONS = [(group, option) for group, options in groups().items() for option in options]
