@@ -141,6 +141,9 @@ def test_a_run_stopped_while_it_attacks_resumes_without_training_again(make_cfg,
 
 
 #: A run whose training (300 short epochs) lasts long enough to be stopped at a known epoch.
+#: About 10 s on an idle 2-core machine; many times that on a busy one, hence the generous time
+#: limit of its runs (a limit against hanging, not a speed requirement).
+KILLED_TIMEOUT = 1200
 KILLED = ["device=cpu", "attack=fgsm", "dataset.n_train=300", "train.epochs=300", "model.hidden=[32]",
           "eval.n_samples=50", "eval.audit=false", "eval.certify=false", "report=false"]
 
@@ -162,7 +165,7 @@ def stop_after_epoch(job: subprocess.Popen, epoch: int, sig: int, times: int = 1
             if seen == times:
                 job.send_signal(sig)
                 break
-    rest = job.communicate(timeout=120)[1]
+    rest = job.communicate(timeout=KILLED_TIMEOUT)[1]
     assert seen == times, "".join(lines) + rest
     return "".join(lines) + rest
 
@@ -171,7 +174,7 @@ def stop_after_epoch(job: subprocess.Popen, epoch: int, sig: int, times: int = 1
 def uninterrupted(tmp_path_factory):
     """metrics.json and curve.csv of the run that is interrupted below, run without interruption."""
     root = tmp_path_factory.mktemp("uninterrupted")
-    proc = run_cli(*KILLED, "cache.enabled=false", "hydra.run.dir=run", cwd=root)
+    proc = run_cli(*KILLED, "cache.enabled=false", "hydra.run.dir=run", cwd=root, timeout=KILLED_TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     return json.loads((root / "run" / "metrics.json").read_text()), (root / "run" / "curve.csv").read_bytes()
 
@@ -196,7 +199,7 @@ def test_a_run_stopped_at_an_epoch_resumes_there_with_the_same_command(tmp_path,
                              f"with hydra.run.dir=run resumes it"), err
         assert "Traceback" not in err
 
-    again = run_cli(*args, cwd=tmp_path, env=env)
+    again = run_cli(*args, cwd=tmp_path, env=env, timeout=KILLED_TIMEOUT)
     assert again.returncode == 0, again.stderr
     assert f"resuming training after epoch {reached} of 300" in again.stderr
     metrics = json.loads((folder / "metrics.json").read_text())
