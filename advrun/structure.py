@@ -179,8 +179,12 @@ def layer_sequence(model: nn.Module) -> list[Layer]:
         if not isinstance(module, nn.Sequential):
             yield Layer(name, layer_kind(module), module)
             return
-        for child_name, child in module.named_children():
-            yield from unroll(child, f"{name}.{child_name}" if name else child_name)
+        # every entry, as Sequential.forward applies them: named_children() would skip a module that
+        # appears twice (one ReLU object used after two layers), and the certificate would then be
+        # of another network
+        for child_name, child in module._modules.items():
+            if child is not None:
+                yield from unroll(child, f"{name}.{child_name}" if name else child_name)
 
     return list(unroll(model, ""))
 

@@ -279,3 +279,21 @@ def test_no_attack_succeeds_on_a_certified_sample(trained, kind):
                 assert not (found.success & (found.norms <= eps)).any(), (attack.label, eps)
     print(f"{kind}: {checked} certified (sample, budget) pairs checked")
     assert checked >= least_checked  # enough certified (sample, budget) pairs for the check to mean something
+
+
+def test_an_activation_object_used_twice_is_bounded_at_both_places():
+    """One ReLU module placed after two layers: nn.Sequential applies it twice, so the bounds must
+    too (a network read without its second ReLU has other margins)."""
+    torch.manual_seed(3)
+    relu = nn.ReLU()
+    model = float64_copy(nn.Sequential(nn.Flatten(), nn.Linear(64, 20), relu, nn.Linear(20, 20), relu,
+                                       nn.Linear(20, 10)))
+    x = torch.rand(6, *SHAPE, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    with torch.no_grad():
+        z = model(x)
+    y = z.argmax(1)
+    network = BoundedNetwork(model, SHAPE)
+    exact = (z.gather(1, y[:, None]) - z).masked_fill(F.one_hot(y, 10).bool(), math.inf)
+    torch.testing.assert_close(network.margins(x, y, 0.0, math.inf, BOX, "crown").best, exact, rtol=1e-9, atol=1e-9)
+    sampled = sampled_margins(model, x, y, 0.05, math.inf)
+    assert (network.margins(x, y, 0.05, math.inf, BOX, "crown").best <= sampled + ROUNDING).all()

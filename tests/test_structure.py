@@ -89,6 +89,9 @@ def test_regularisers_binary_logits_and_nested_containers_are_read():
     assert [(layer.name, layer.kind) for layer in layer_sequence(nested)] == [
         ("0", "flatten"), ("1.0", "linear"), ("1.1", "activation"), ("2", "linear")]
     assert kinds(nn.Linear(4, 2)) == ["linear"] and kinds(nn.Softmax(dim=1)) == ["block"]
+    shared = nn.ReLU()  # one module applied twice by Sequential.forward: read twice
+    assert kinds(nn.Sequential(nn.Linear(4, 4), shared, nn.Linear(4, 4), shared)) == [
+        "linear", "activation", "linear", "activation"]
 
 
 def test_batch_norm_is_found_also_inside_blocks():
