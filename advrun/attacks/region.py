@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -83,8 +84,7 @@ def _refusal(model: nn.Module, in_shape: tuple[int, ...]) -> str | None:
     for layer in net.layers:
         where = f"layer {layer.name or '0'} ({type(layer.module).__name__})"
         if layer.kind == "activation" and activation_of(layer.module).name not in PIECEWISE_LINEAR:
-            return (f"{where}: the activation {activation_of(layer.module).name} (model.activation) is not piecewise "
-                    f"linear; region needs relu or leaky_relu")
+            return f"{where}: the activation {activation_of(layer.module).name} (model.activation) is not piecewise linear"
         if isinstance(layer.module, nn.MaxPool2d):
             return f"{where}: max pooling is not supported"
     return None
@@ -270,13 +270,24 @@ class _Search:
         self.scale = (1 + clean.double().abs().amax(dim=1)).cpu()
         self.todo = (~goal.reached(clean)).nonzero().squeeze(1)  # the others need no perturbation
         self.labels = goal.labels.cpu()
+        self._advance: Callable[[], None] = lambda: None
 
     # ---------------------------------------------------------------------------- rounds
 
     def run(self) -> None:
         if len(self.todo) == 0:
             return
+        from advrun.console import progress_bar
+
         rows = self.todo
+        total = len(rows) * (1 + self.attack.rounds * (1 + self.attack.samples))
+        with progress_bar(transient=True) as bar:  # under the evaluation's bar, which counts batches
+            self._advance = lambda: bar.advance(task)
+            task = bar.add_task(f"{self.attack.label}: regions", total=total)
+            self._rounds(rows)
+        self._refine()
+
+    def _rounds(self, rows: torch.Tensor) -> None:
         walk, reach = self._round(rows, self.x[rows].flatten(1).double())  # x's own region
         for r in range(self.attack.rounds):
             anchors, owners = [walk], [rows]
@@ -288,7 +299,6 @@ class _Search:
             owner = torch.cat(owners)
             steps, _ = self._round(owner, torch.cat(anchors))
             walk = steps[:len(rows)]
-        self._refine()
 
     def _random_anchors(self, rows: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
         """Anchors around ``x`` (no success yet) or along promising directions (module docstring)."""
@@ -330,6 +340,7 @@ class _Search:
                 if not lower[k, j] < self.best_norm[i]:  # the region's optimum is no better
                     break
                 self._solve(i, regions, k, int(j))
+            self._advance()
         step = torch.where(torch.isfinite(relaxed_norm)[:, None], x0 + relaxed.nan_to_num(0.0, 0.0, 0.0), anchors)
         return step, torch.where(torch.isfinite(relaxed_norm), relaxed_norm, 0.0)
 
