@@ -52,6 +52,7 @@ solved one per class and anchor on the CPU.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -246,17 +247,20 @@ class RegionAttack(MinimumNormAttack):
         why = _refusal(model, tuple(x.shape[1:]))
         if why is not None:
             raise InvalidValue("_target_", f"region: {why}")
-        search = _Search(self, model, float64_copy(model), x, goal, bounds)
+        device = x.device  # the programs are solved on the CPU; the model judges on its device
+        judge = model if device.type == "cpu" else (lambda points: model(points.to(device)).cpu())
+        goal_cpu = Goal(goal.labels.cpu(), goal.targeted, goal.source.cpu())
+        search = _Search(self, judge, float64_copy(copy.deepcopy(model).cpu()), x.cpu(), goal_cpu, bounds)
         with eval_mode(search.model64):
             search.run()
-        return search.result()
+        return search.result().to(device)
 
 
 class _Search:
     """The state of one batch: per sample the best point found and its norm."""
 
-    def __init__(self, attack: RegionAttack, model: nn.Module, model64: nn.Module, x: torch.Tensor, goal: Goal,
-                 bounds: Bounds):
+    def __init__(self, attack: RegionAttack, model: Callable[[torch.Tensor], torch.Tensor], model64: nn.Module,
+                 x: torch.Tensor, goal: Goal, bounds: Bounds):
         self.attack, self.model, self.model64 = attack, model, model64
         self.x, self.goal, self.bounds = x, goal, bounds
         self.p = float(attack.norm)
@@ -267,9 +271,9 @@ class _Search:
         self.best_norm = torch.full((len(x),), math.inf, dtype=torch.float64)
         with torch.no_grad():
             clean = model(x)
-        self.scale = (1 + clean.double().abs().amax(dim=1)).cpu()
+        self.scale = 1 + clean.double().abs().amax(dim=1)
         self.todo = (~goal.reached(clean)).nonzero().squeeze(1)  # the others need no perturbation
-        self.labels = goal.labels.cpu()
+        self.labels = goal.labels
         self._advance: Callable[[], None] = lambda: None
 
     # ---------------------------------------------------------------------------- rounds
