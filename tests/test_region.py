@@ -13,7 +13,9 @@ from torch import nn
 
 from advrun import experiment
 from advrun.attacks import LinearExact, RegionAttack
+from advrun.attacks.linear_exact import halfspace_minimum
 from advrun.attacks.region import linear_regions, solve_program
+from advrun.bounds import float64_copy
 from advrun.errors import ConfigError, InvalidValue
 from tests.conftest import TINY
 
@@ -64,6 +66,28 @@ def test_on_an_affine_model_it_returns_linear_exacts_optimum(trained, norm):
 
 
 # ------------------------------------------------------------------------- one linear region
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_a_program_without_region_rows_is_linear_exacts_half_space_minimum(norm):
+    """One margin row in the box: the LP / QP optimum equals LinearExact's closed form (sorted
+    breakpoints, the greedy knapsack for L1) on random half-spaces, reachable or not."""
+    generator = torch.Generator().manual_seed(0)
+    g = torch.randn(40, 16, dtype=torch.float64, generator=generator)
+    x = torch.rand(40, 16, dtype=torch.float64, generator=generator)
+    need = torch.rand(40, dtype=torch.float64, generator=generator) * 10  # some beyond the box's reach
+    closed = halfspace_minimum(g, need, 1 - x, x, norm)
+    reachable = 0
+    for i in range(len(g)):
+        ours = solve_program(norm, np.zeros((0, 16)), np.zeros(0), g[i].numpy()[None], need[i:i + 1].numpy(),
+                             (1 - x[i]).numpy(), x[i].numpy())
+        if not torch.isfinite(closed[i]).all():
+            assert ours is None
+            continue
+        reachable += 1
+        expected = torch.linalg.vector_norm(closed[i], ord=norm).item()
+        assert np.linalg.norm(ours, norm) == pytest.approx(expected, rel=1e-7, abs=1e-9)
+    assert 5 <= reachable < len(g)
 
 
 def test_the_regions_affine_map_is_the_networks_on_the_region():
@@ -198,13 +222,10 @@ def test_targeted_reaches_the_target(trained):
 def test_on_a_relu_mlp_it_is_no_worse_than_the_linearisation_from_x(trained):
     """The relaxed minimiser from x's own region is a DeepFool step measured exactly: the attack
     tries it, so its norm is at most that point's wherever that point fools the model."""
-    from advrun.attacks.linear_exact import halfspace_minimum
-
     model, x, y = trained("mlp")
     x, y = interior(x[:20]), y[:20]
     result = RegionAttack(norm=2, rounds=0, samples=0, refine_steps=0)(model, x, y)
-    regions = linear_regions(__import__("advrun.bounds", fromlist=["float64_copy"]).float64_copy(model).eval(),
-                             x.double())
+    regions = linear_regions(float64_copy(model).eval(), x.double())
     flat = x.flatten(1).double()
     for i in range(len(x)):
         w, b = regions.weight[i], regions.bias[i]
@@ -212,8 +233,8 @@ def test_on_a_relu_mlp_it_is_no_worse_than_the_linearisation_from_x(trained):
         g = w - w[y[i]]
         need = z[y[i]] - z + 1e-5 * (1 + z.abs().max())
         delta = halfspace_minimum(g, need, (1 - flat[i]).expand_as(g), flat[i].expand_as(g), 2.0)
-        norms = torch.where(torch.isfinite(delta).all(1), torch.linalg.vector_norm(delta.nan_to_num(0.0, 0.0, 0.0), dim=1),
-                            math.inf)
+        lengths = torch.linalg.vector_norm(delta.nan_to_num(0.0, 0.0, 0.0), dim=1)
+        norms = torch.where(torch.isfinite(delta).all(1), lengths, math.inf)
         norms[y[i]] = math.inf
         point = (flat[i] + delta[norms.argmin()]).float().clamp(0, 1).view_as(x[i])
         with torch.no_grad():

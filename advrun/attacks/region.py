@@ -85,7 +85,8 @@ def _refusal(model: nn.Module, in_shape: tuple[int, ...]) -> str | None:
     for layer in net.layers:
         where = f"layer {layer.name or '0'} ({type(layer.module).__name__})"
         if layer.kind == "activation" and activation_of(layer.module).name not in PIECEWISE_LINEAR:
-            return f"{where}: the activation {activation_of(layer.module).name} (model.activation) is not piecewise linear"
+            name = activation_of(layer.module).name
+            return f"{where}: the activation {name} (model.activation) is not piecewise linear"
         if isinstance(layer.module, nn.MaxPool2d):
             return f"{where}: max pooling is not supported"
     return None
