@@ -109,6 +109,28 @@ def test_the_regions_affine_map_is_the_networks_on_the_region():
     assert torch.equal(rows_hold & same_map, rows_hold)  # the map holds on the whole region
 
 
+def test_the_regions_of_a_cnn_with_max_pooling_are_its_linear_pieces(trained):
+    """On advrun's digits CNN (normalisation, convolutions, relu, max pooling, dense layers) the
+    map is the network's at each anchor, and on points near an anchor it holds exactly when all of
+    the region's rows (signs and the pooling windows' choices) hold there."""
+    model = float64_copy(trained("cnn")[0]).eval()
+    _, x, _ = trained("cnn")
+    generator = torch.Generator().manual_seed(0)
+    # off the images: their constant borders tie pooling windows, so that the image sits on a face
+    anchors = x[:4].double() + 0.01 * torch.randn(4, 1, 8, 8, dtype=torch.float64, generator=generator)
+    regions = linear_regions(model, anchors)
+    with torch.no_grad():
+        assert torch.allclose((regions.weight @ anchors.flatten(1)[:, :, None]).squeeze(2) + regions.bias,
+                              model(anchors), atol=1e-10)
+        for k in range(len(anchors)):
+            scale = torch.logspace(-6, -1, 300, dtype=torch.float64).view(-1, 1, 1, 1)  # inside and beyond
+            near = (anchors[k] + scale * torch.randn(300, 1, 8, 8, dtype=torch.float64, generator=generator))
+            hold = ((near.flatten(1) @ regions.rows[k].T) <= regions.limit[k] + 1e-12).all(dim=1)
+            same = torch.isclose(near.flatten(1) @ regions.weight[k].T + regions.bias[k], model(near), atol=1e-9).all(1)
+            assert hold.any() and (~hold).any(), k
+            assert torch.equal(same | ~hold, torch.ones_like(hold))  # the map holds wherever the rows do
+
+
 def _independent(p, rows, limit, margin_rows, margin, up, down):
     """The program by another solver: SciPy's SLSQP on a smooth form (L2 squared; Linf with a
     slack variable), L1 by HiGHS's interior-point method on another form."""
@@ -200,9 +222,9 @@ def test_in_two_dimensions_the_region_minimum_is_the_brute_force_one():
 # ---------------------------------------------------------------------------- ReLU networks
 
 
-@pytest.mark.parametrize("norm", NORMS)
-def test_every_returned_point_is_misclassified_and_in_the_box(trained, norm):
-    model, x, y = trained("mlp")
+@pytest.mark.parametrize("kind, norm", [("mlp", math.inf), ("mlp", 2.0), ("mlp", 1.0), ("cnn", 2.0)])
+def test_every_returned_point_is_misclassified_and_in_the_box(trained, kind, norm):
+    model, x, y = trained(kind)
     x, y = x[:12], y[:12]
     result = RegionAttack(norm=norm, rounds=2, samples=2)(model, x, y)
     assert result.success.float().mean() >= 0.9
@@ -253,9 +275,17 @@ def test_refuses_models_that_are_not_piecewise_linear(trained):
     with pytest.raises(InvalidValue, match=r"relu or leaky_relu.*tanh \(model\.activation\) is not piecewise linear") as error:
         RegionAttack().check_model(mlp_tanh, (1, 8, 8))
     assert error.value.field == "_target_"
-    pooled = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(18, 10))
-    with pytest.raises(InvalidValue, match="max pooling"):
-        RegionAttack().check_model(pooled, (1, 8, 8))
+    class Skip(nn.Module):  # a residual unit: a block whose insides are not read
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(64, 64)
+
+        def forward(self, x):
+            return x + torch.relu(self.linear(x))
+
+    with pytest.raises(InvalidValue, match="block"):
+        RegionAttack().check_model(nn.Sequential(nn.Flatten(), Skip(), nn.Linear(64, 10)), (1, 8, 8))
+    RegionAttack().check_model(trained("cnn")[0], (1, 8, 8))  # convolutions and max pooling
     RegionAttack().check_model(trained("mlp")[0], (1, 8, 8))
     RegionAttack().check_model(trained("logreg")[0], (1, 8, 8))
     RegionAttack().check_model(MLP(in_shape=(1, 8, 8), num_classes=10, activation="leaky_relu"), (1, 8, 8))

@@ -59,6 +59,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import optimize
 from torch import nn
 
@@ -82,13 +83,13 @@ def _refusal(model: nn.Module, in_shape: tuple[int, ...]) -> str | None:
         net = BoundedNetwork(model, in_shape)
     except InvalidValue as e:
         return e.message
-    for layer in net.layers:
+    for i, layer in enumerate(net.layers):
         where = f"layer {layer.name or '0'} ({type(layer.module).__name__})"
+        if isinstance(layer.module, nn.MaxPool2d) and len(net.shapes[i]) != 3:
+            return f"{where}: needs (channels, height, width) inputs, got {net.shapes[i]}"
         if layer.kind == "activation" and activation_of(layer.module).name not in PIECEWISE_LINEAR:
             name = activation_of(layer.module).name
             return f"{where}: the activation {name} (model.activation) is not piecewise linear"
-        if isinstance(layer.module, nn.MaxPool2d):
-            return f"{where}: max pooling is not supported"
     return None
 
 
@@ -107,8 +108,10 @@ def linear_regions(model: nn.Module, anchors: torch.Tensor) -> Regions:
     """The affine map of the logits and the region's constraints at each anchor (module docstring).
 
     ``model``: a float64 model of supported layers in eval mode. The network runs with every
-    activation's slopes frozen at the anchor's: on the anchor itself (which sets them), on 0
-    (the constants) and on the unit basis (the columns)."""
+    activation's slopes, and every max pooling window's choice, frozen at the anchor's: on the
+    anchor itself (which sets them), on 0 (the constants) and on the unit basis (the columns).
+    A relu unit adds the row of its sign; a pooling window adds one row per other unit of the
+    window, which must stay at most the chosen one."""
     from advrun.bounds import BoundedNetwork
 
     in_shape = tuple(anchors.shape[1:])
@@ -125,18 +128,19 @@ def linear_regions(model: nn.Module, anchors: torch.Tensor) -> Regions:
         h = h.reshape(m * (d + 2), *in_shape)
         rows, limits = [], []
         with torch.no_grad():
-            for layer in net.layers:
-                if layer.kind != "activation":
+            for i, layer in enumerate(net.layers):
+                if layer.kind == "activation":
+                    pre = h.reshape(m, d + 2, -1)
+                    on = pre[:, :1] > 0  # the anchor's signs
+                    slope = float(getattr(layer.module, "negative_slope", 0.0))
+                    sign = torch.where(on, -1.0, 1.0).to(pre.dtype)  # on: -a(x) <= 0; off: a(x) <= 0
+                    _add_rows(rows, limits, sign.transpose(1, 2) * pre.transpose(1, 2))
+                    h = (pre * torch.where(on, 1.0, slope)).reshape(h.shape)
+                elif isinstance(layer.module, nn.MaxPool2d):
+                    h = _frozen_pool(layer.module, h.reshape(m, d + 2, *net.shapes[i]), net.shapes[i + 1], rows, limits)
+                    h = h.reshape(m * (d + 2), *net.shapes[i + 1])
+                else:
                     h = layer.module(h)
-                    continue
-                pre = h.reshape(m, d + 2, -1)
-                on = pre[:, :1] > 0  # the anchor's signs
-                slope = float(getattr(layer.module, "negative_slope", 0.0))
-                sign = torch.where(on, -1.0, 1.0).to(pre.dtype)  # on: -a(x) <= 0; off: a(x) <= 0
-                constant = pre[:, 1]
-                rows.append(sign.transpose(1, 2) * (pre[:, 2:] - pre[:, 1:2]).transpose(1, 2))
-                limits.append(-sign[:, 0] * constant)
-                h = (pre * torch.where(on, 1.0, slope)).reshape(h.shape)
             out = h.reshape(m, d + 2, -1)
         weight = (out[:, 2:] - out[:, 1:2]).transpose(1, 2)
         empty = weight.new_zeros(m, 0, d), weight.new_zeros(m, 0)
@@ -145,18 +149,48 @@ def linear_regions(model: nn.Module, anchors: torch.Tensor) -> Regions:
     return Regions(*(torch.cat(t) for t in zip(*parts)))
 
 
+def _add_rows(rows: list, limits: list, values: torch.Tensor) -> None:
+    """Rows ``a(x) <= 0`` from the values ``a`` of affine functions on the anchor, 0 and the basis
+    (``(m, functions, d + 2)``): coefficients ``a(e_i) - a(0)``, limit ``-a(0)``."""
+    rows.append(values[:, :, 2:] - values[:, :, 1:2])
+    limits.append(-values[:, :, 1])
+
+
+def _frozen_pool(module: nn.MaxPool2d, h: torch.Tensor, out_shape: tuple[int, ...], rows: list,
+                 limits: list) -> torch.Tensor:
+    """Max pooling with each window's unit chosen by the anchor (slot 0 of ``h``, ``(m, d + 2, C, H, W)``);
+    adds the rows ``h_u - h_chosen <= 0`` of the window's other units."""
+    from advrun.exact import pool_windows
+
+    m, slots = h.shape[:2]
+    in_shape = tuple(h.shape[2:])
+    _, index = F.max_pool2d(h[:, 0], module.kernel_size, module.stride, module.padding, module.dilation,
+                            module.ceil_mode, return_indices=True)  # per channel, flat in H x W
+    channels, plane = in_shape[0], in_shape[1] * in_shape[2]
+    chosen = (index.flatten(2) + torch.arange(channels).view(1, -1, 1) * plane).flatten(1)  # (m, outputs)
+    flat = h.reshape(m, slots, -1)
+    pooled = flat.gather(2, chosen[:, None].expand(m, slots, -1))
+    windows = torch.from_numpy(pool_windows(module, in_shape, out_shape))  # (outputs, k); -1: padding
+    others = (windows >= 0)[None] & (windows[None] != chosen[:, :, None])  # (m, outputs, k)
+    members = windows.clamp_min(0).flatten()
+    values = flat[:, :, members].reshape(m, slots, *windows.shape) - pooled[:, :, :, None]
+    values = values * others[:, None]  # a chosen or padding entry: the row 0 <= 0
+    _add_rows(rows, limits, values.flatten(2).transpose(1, 2))
+    return pooled
+
+
 def solve_program(p: float, rows: np.ndarray, limit: np.ndarray, margin_rows: np.ndarray, margin: np.ndarray,
-                  up: np.ndarray, down: np.ndarray, start: np.ndarray | None = None) -> np.ndarray | None:
+                  up: np.ndarray, down: np.ndarray) -> np.ndarray | None:
     """``argmin ||delta||_p`` subject to ``rows @ delta <= limit``, ``margin_rows @ delta >= margin``
     and ``-down <= delta <= up`` (float64); None where the program is infeasible or unsolved.
 
     By constraint generation: the program is solved with the margin rows and those of ``rows``
-    that the last solution (first ``start``, the minimiser without ``rows``; None: solved first)
-    violates, added until a solution satisfies every row (within 1e-9 relative). Each program
+    that the last solution violates (none at first), added until a solution satisfies every row
+    (within 1e-9 relative). Each program
     relaxes the full one, so the last is the full optimum, and an infeasible one proves the full
     one infeasible; most rows of a linear region are far from the optimum and never enter."""
     kept = np.zeros(len(rows), dtype=bool)
-    delta = start if start is not None else _solve_rows(p, rows[kept], limit[kept], margin_rows, margin, up, down)
+    delta = _solve_rows(p, rows[kept], limit[kept], margin_rows, margin, up, down)
     tolerance = 1e-9 * (1 + np.abs(limit))
     while delta is not None:
         violated = ~kept & (rows @ delta > limit + tolerance)
