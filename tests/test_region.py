@@ -194,11 +194,12 @@ def test_the_program_in_one_region_matches_an_independent_solver(norm):
     assert solved >= 3 and infeasible >= 1, (solved, infeasible)
 
 
-def test_in_two_dimensions_the_region_minimum_is_the_brute_force_one():
-    """On a 2-D ReLU net, the region attack's L2 norm is within a grid step of the smallest
-    distance to a misclassified grid point (the brute-force minimum), and never below the
+@pytest.mark.parametrize("leaky", [False, True])
+def test_in_two_dimensions_the_region_minimum_is_the_brute_force_one(leaky):
+    """On a 2-D ReLU (or leaky ReLU) net, the region attack's L2 norm is within a grid step of the
+    smallest distance to a misclassified grid point (the brute-force minimum), and never below the
     smallest distance to the boundary that a fine grid resolves."""
-    model = tiny_relu_net(d=2, hidden=8, k=3, seed=5)
+    model = tiny_relu_net(d=2, hidden=8, k=3, seed=5, leaky=leaky)
     grid = torch.stack(torch.meshgrid(torch.linspace(0, 1, 801), torch.linspace(0, 1, 801), indexing="ij"), -1)
     grid = grid.reshape(-1, 2)
     with torch.no_grad():
