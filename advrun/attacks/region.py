@@ -43,11 +43,13 @@ model sooner).
 
 Supported models: sequences of the layers :class:`~advrun.bounds.BoundedNetwork` reads
 (linear, convolution, flatten, advrun's normalisation layer, batch norm and dropout in eval
-mode, average pooling) with relu and leaky relu activations; others are refused
-(:meth:`RegionAttack.check_model`). All affine maps of a round's anchors come from one batched
-float64 pass (the network with each anchor's signs frozen, run on the anchor, zero and the
-unit basis); the programs are dense, ``d`` variables (``2d`` for L1) by ``units + 1`` rows,
-solved one per class and anchor on the CPU.
+mode, average and max pooling) with relu and leaky relu activations; others are refused
+(:meth:`RegionAttack.check_model`). Max pooling is piecewise linear too: on a region each
+window passes the unit the anchor's window chose, and the region's rows say that the window's
+other units stay at most that one. All affine maps of a round's anchors come from one batched
+float64 pass (the network with each anchor's signs and choices frozen, run on the anchor, zero
+and the unit basis); the programs are dense, ``d`` variables (``2d`` for L1) by one row per
+unit (and per other unit of a pooling window), solved one per class and anchor on the CPU.
 """
 
 from __future__ import annotations
