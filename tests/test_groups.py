@@ -25,6 +25,7 @@ TINY_ATTACK = {
     "lbfgs": ["attack.steps=10", "attack.binary_steps=3"],
     "fmn": ["attack.steps=10"],
     "linear_exact": ["model=logreg"],  # an exact attack on affine models only
+    "region": ["attack.rounds=1", "attack.samples=1"],
     "apgd": ["attack.n_iter=5"],
     "square": ["attack.n_queries=20"],
     "fab": ["attack.n_iter=3"],

@@ -29,6 +29,7 @@ _LAZY = {
     "CW": "cw",
     "LBFGS": "lbfgs",
     "LinearExact": "linear_exact",
+    "RegionAttack": "region",
     "APGD": "apgd",
     "Square": "square",
     "Spatial": "spatial",

@@ -551,6 +551,24 @@ class WorstCase:
         return self.x, self.logits
 
 
+def least_factor(model: nn.Module, goal: Goal, x: torch.Tensor, delta: torch.Tensor, steps: int,
+                 top: float = 1.0, bounds: Bounds | None = None) -> torch.Tensor:
+    """Per sample, the least factor ``s`` in ``(0, top]`` that ``steps`` bisection steps find for
+    which ``x + s delta`` (clipped to ``bounds`` if given) still reaches ``goal``: forward passes
+    only. A factor below ``top`` was checked on the model; ``top`` itself is returned unchecked
+    where no smaller one reached the goal."""
+    low = torch.zeros(len(x), device=x.device, dtype=x.dtype)
+    high = torch.full_like(low, top)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    with torch.no_grad():
+        for _ in range(steps):
+            middle = (low + high) / 2
+            point = x + middle.view(shape) * delta
+            reached = goal.reached(model(point if bounds is None else point.clamp(*bounds)))
+            high, low = torch.where(reached, middle, high), torch.where(reached, low, middle)
+    return high
+
+
 def check_adversarial(
     x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: float, bounds: Bounds, *, attack: str = "attack"
 ) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from advrun.attacks.base import Bounds, Goal, MinimumNormAttack
+from advrun.attacks.base import Bounds, Goal, MinimumNormAttack, least_factor
 from advrun.attacks.norms import dual_norm, lp_norm, steepest_direction
 from advrun.errors import require_int, require_non_negative
 
@@ -109,13 +109,8 @@ class DeepFool(MinimumNormAttack):
     def _least_overshoot(self, model, x, delta, y, x_adv, bounds) -> torch.Tensor:
         """Bisect each success's factor on ``delta`` in ``[0, 1 + overshoot]`` for the smallest
         that still fools the model (``refine_steps`` forward passes, no gradients)."""
-        low = torch.zeros(len(x), device=x.device)
-        high = torch.full_like(low, 1 + self.overshoot)
+        top = 1 + self.overshoot
+        factor = least_factor(model, Goal(y), x, delta, self.refine_steps, top=top, bounds=bounds)
         shape = (-1,) + (1,) * (x.dim() - 1)
-        with torch.no_grad():
-            for _ in range(self.refine_steps):
-                middle = (low + high) / 2
-                fooled = model((x + middle.view(shape) * delta).clamp(*bounds)).argmax(dim=1) != y
-                high, low = torch.where(fooled, middle, high), torch.where(fooled, low, middle)
-        shrunk = high < 1 + self.overshoot  # each of these was checked at its factor
-        return torch.where(shrunk.view(shape), (x + high.view(shape) * delta).clamp(*bounds), x_adv)
+        shrunk = factor < top  # each of these was checked at its factor
+        return torch.where(shrunk.view(shape), (x + factor.view(shape) * delta).clamp(*bounds), x_adv)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from advrun.attacks.base import Bounds, Goal, MinimumNormAttack
+from advrun.attacks.base import Bounds, Goal, MinimumNormAttack, least_factor
 from advrun.attacks.linear_exact import halfspace_minimum
 from advrun.attacks.norms import dual_norm, lp_norm, norm_name
 from advrun.errors import InvalidValue, Number, require_int, require_positive
@@ -233,16 +233,10 @@ class FAB(MinimumNormAttack):
         rows = (best.norms > 0).logical_and(torch.isfinite(best.norms)).nonzero().squeeze(1)
         if len(rows) == 0:
             return
-        origin, delta, goal = x[rows], best.x[rows] - x[rows], goal.subset(rows)
-        low = torch.zeros(len(rows), device=x.device, dtype=x.dtype)
-        high = torch.ones_like(low)
-        with torch.no_grad():
-            for _ in range(self.refine_steps):
-                middle = (low + high) / 2
-                reached = goal.reached(model(origin + middle.view(_column(x)) * delta))
-                high, low = torch.where(reached, middle, high), torch.where(reached, low, middle)
-        shrunk = high < 1  # each of these was checked at its factor
-        best.x[rows[shrunk]] = (origin + high.view(_column(x)) * delta)[shrunk]
+        origin, delta = x[rows], best.x[rows] - x[rows]
+        factor = least_factor(model, goal.subset(rows), origin, delta, self.refine_steps)
+        shrunk = factor < 1  # each of these was checked at its factor
+        best.x[rows[shrunk]] = (origin + factor.view(_column(x)) * delta)[shrunk]
         best.norms[rows[shrunk]] = lp_norm(best.x[rows[shrunk]] - x[rows[shrunk]], self.norm)
 
 
