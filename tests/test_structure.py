@@ -36,6 +36,7 @@ MENU = {
     "wong_mnist": ["conv", "activation", "conv", "activation", "flatten", "linear", "activation", "linear"],
     "exported": ["block"],  # a program brought as a file is one opaque block
     "torchvision": ["normalize", "block", "block"],  # grey images repeated into 3 channels, then the network
+    "kernel": ["flatten", "block", "linear"],  # the Gaussian features are one block (certified by hein, not by layers)
 }
 
 
