@@ -35,6 +35,7 @@ _LAZY = {
     "Patch": "patch",
     "FAB": "fab",
     "Ensemble": "ensemble",
+    "Universal": "universal",
 }
 
 
