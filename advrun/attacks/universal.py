@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from advrun.attacks.base import AttackResult, Bounds, BoundedAttack, Goal, eval_mode
+from advrun.attacks.base import AttackResult, BoundedAttack, Bounds, Goal, eval_mode
 from advrun.attacks.deepfool import DeepFool
 from advrun.attacks.norms import project
 from advrun.console import progress_bar
