@@ -204,3 +204,12 @@ def test_the_run_writes_the_perturbation_and_the_fooling_rates(make_cfg, tmp_pat
     markdown, _ = write_run_report(out)
     text = markdown.read_text()
     assert "universal_perturbation.png" in text and "train fooling rate" in text
+
+
+def test_the_latest_of_equally_good_perturbations_is_kept(trained, digits):
+    """At a budget too small to fool any training image every iterate ties at 0: the fit returns the
+    last one (fitted, at the budget's rim in Linf), not the zero perturbation it started from."""
+    model, _, _ = trained("mlp")
+    _, fit = fitted(model, digits.x_train, eps=0.005, norm="inf", **FAST)
+    assert fit.train_fooling_rate == 0
+    assert lp_norm(fit.v, math.inf).item() == pytest.approx(0.005)

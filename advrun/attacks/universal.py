@@ -98,9 +98,9 @@ class Universal(BoundedAttack):
     once the fooling rate on the training images reaches ``1 - delta``.
 
     Not in the paper: after every batch the fooling rate on the training images is measured and
-    the best ``v`` so far is kept (the last one can be worse: updates of images of different
-    classes pull ``v`` in different directions), so the result never fools fewer training images
-    than an earlier iterate.
+    the best ``v`` so far is kept, the latest of equally good ones (the last one can be worse:
+    updates of images of different classes pull ``v`` in different directions), so the result
+    never fools fewer training images than an earlier iterate.
     """
 
     name = "universal"
@@ -190,7 +190,7 @@ class Universal(BoundedAttack):
                     for dv in steps:
                         v = project(v + dv, self.eps, self.norm)
                     rate = fooling_rate(model, x, v, bounds, labels)
-                    if rate > best.train_fooling_rate:
+                    if rate >= best.train_fooling_rate:  # on a tie the later, further fitted v
                         best = Fit(v, rate, done)
                     if rate >= 1 - self.delta:
                         break
