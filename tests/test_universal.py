@@ -213,3 +213,20 @@ def test_the_latest_of_equally_good_perturbations_is_kept(trained, digits):
     _, fit = fitted(model, digits.x_train, eps=0.005, norm="inf", **FAST)
     assert fit.train_fooling_rate == 0
     assert lp_norm(fit.v, math.inf).item() == pytest.approx(0.005)
+
+
+def test_the_audit_compares_no_per_input_attack_with_a_universal_one(trained, digits):
+    """The checks against per-input attacks and the whole box do not apply and say why; the curve's
+    monotonicity and twice the DeepFool steps (a refit at the headline budget) are checked."""
+    from tests.test_audit import run_audit
+
+    model, x, y = trained("mlp")
+    attack = Universal(eps=0.2, norm="inf", train_samples=200, max_passes=1)
+    attack.prepare(model, digits.x_train, None, digits.bounds)
+    checks = run_audit(model, attack, x[:100], y[:100], grid=[0.0, 0.2])
+    for name in ("single_step", "large_budget", "black_box"):
+        assert checks[name].status == "n/a" and "one perturbation for all inputs" in checks[name].reason
+    assert checks["monotone"].status == "pass"
+    # measured: 16 of 96 fooled either way (DeepFool converges in a few steps on this model)
+    assert checks["more_iterations"].status == "pass" and "twice the iterations" in checks["more_iterations"].reason
+    assert (0.2, math.inf, 200, 1, 0.2, 20) in {settings[:6] for settings in attack.fits.fitted}  # the refit
