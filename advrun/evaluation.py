@@ -75,20 +75,24 @@ class Evaluation:
     per_sample: pd.DataFrame | None = None
 
 
+def _joined(parts: list[AttackResult], name: str) -> torch.Tensor | None:
+    """The optional field ``name`` of the results of every batch, concatenated (None: the attack gives none)."""
+    return None if getattr(parts[0], name) is None else torch.cat([getattr(p, name) for p in parts])
+
+
 def _attack_all(attack: Attack, model, x, y, bounds, batch_size, advance) -> AttackResult:
     parts = []
     for i in range(0, len(x), batch_size):
         parts.append(attack(model, x[i : i + batch_size], y[i : i + batch_size], bounds=bounds))
         advance()
-    targets = None if parts[0].targets is None else torch.cat([p.targets for p in parts])
-    fooled_by = None if parts[0].fooled_by is None else torch.cat([p.fooled_by for p in parts])
     return AttackResult(
         x_adv=torch.cat([p.x_adv for p in parts]),
         success=torch.cat([p.success for p in parts]),
         norms=torch.cat([p.norms for p in parts]),
         predictions=torch.cat([p.predictions for p in parts]),
-        targets=targets,
-        fooled_by=fooled_by,
+        targets=_joined(parts, "targets"),
+        fooled_by=_joined(parts, "fooled_by"),
+        clean_predictions=_joined(parts, "clean_predictions"),
     )
 
 
@@ -197,7 +201,8 @@ def robustness_curve(
             start = time.perf_counter()
             result = _attack_all(run, model, x, y, bounds, batch_size, lambda: bar.advance(task))
             seconds = time.perf_counter() - start
-            rows += [_row(attack, eps, y, clean_correct, result, seconds) for eps in budgets]
+            # the attack as run: a bounded attack's copy at its budget, whose curve fields may depend on it
+            rows += [_row(run, eps, y, clean_correct, result, seconds) for eps in budgets]
             samples = _samples(attack, y, clean_correct, result)
             per_sample.append(per_sample_rows(attack, budgets, y, clean_predictions, result))
     extra = [column for column in dict.fromkeys(k for row in rows for k in row) if column not in CURVE_COLUMNS]

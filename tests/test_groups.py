@@ -20,6 +20,7 @@ TINY_ATTACK = {
     "mifgsm": ["attack.steps=3"],
     "spatial": ["attack.rotations=3", "attack.translations=3"],
     "patch": ["attack.train_steps=5"],
+    "universal": ["attack.train_samples=50", "attack.max_passes=1"],
     "deepfool": ["attack.steps=10"],
     "cw": ["attack.steps=10", "attack.binary_steps=3"],
     "lbfgs": ["attack.steps=10", "attack.binary_steps=3"],

@@ -37,6 +37,7 @@ _LAZY = {
     "FAB": "fab",
     "Ensemble": "ensemble",
     "Transfer": "transfer",
+    "Universal": "universal",
 }
 
 

@@ -65,6 +65,9 @@ class AttackResult:
     targets: torch.Tensor | None = None
     #: An ensemble's: per sample, the index of the member that first reached the goal (-1: none).
     fooled_by: torch.Tensor | None = None
+    #: The model's labels for the clean inputs, where the attack's curve fields compare with them
+    #: (a universal perturbation's fooling rate); else None.
+    clean_predictions: torch.Tensor | None = None
 
 
 @dataclass

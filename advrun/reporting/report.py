@@ -41,7 +41,14 @@ FIGURES = {
     "training_curve": "Training loss (the defense's objective) and accuracy per epoch; robust accuracy per epoch "
                       "where the defense measured it.",
     "patch": "The adversarial patch the attack trained.",
+    "universal_perturbation": "The universal perturbation fitted at each budget of the curve (one for all inputs), "
+                              "budgets increasing from left to right, each scaled to its largest magnitude (red "
+                              "positive, blue negative, white 0; colour images: grey 0).",
 }
+
+
+#: Columns of a universal perturbation's curve, with their headings.
+FOOLING_RATES = {"fooling_rate": "fooling rate", "train_fooling_rate": "train fooling rate"}
 
 
 def _missing(value: Any) -> bool:
@@ -149,9 +156,11 @@ def curve_table(curve: pd.DataFrame) -> dict:
     """``curve.csv`` as a table: one row per (attack, epsilon), counts beside the rates."""
     quantiles = [c for c in curve.columns if c.startswith("norm_q") and curve[c].notna().any()]
     members = [c for c in curve.columns if c.startswith("robust_after_") and curve[c].notna().any()]
+    fooling = [c for c in FOOLING_RATES if c in curve.columns and curve[c].notna().any()]
     targeted = "target" in curve.columns and curve["target"].notna().any()
     columns = (["attack", "norm"] + (["target"] if targeted else []) + ["eps", "robust accuracy", "success rate",
                "correct", "eligible", "fooled", "mean norm", "median norm"] + quantiles
+               + [FOOLING_RATES[c] for c in fooling]
                + [f"robust after {c.removeprefix('robust_after_')}" for c in members] + ["time"])
     rows = []
     for record in curve.to_dict("records"):
@@ -166,6 +175,7 @@ def curve_table(curve: pd.DataFrame) -> dict:
                 num(record.get("n_success")) if not certified else "-",
                 num(record.get("mean_norm")), num(record.get("median_norm"))]
         row += [num(record.get(q)) for q in quantiles]
+        row += [pct(record.get(c)) for c in fooling]
         row += [pct(record.get(c)) for c in members]
         row.append("-" if _missing(record.get("time_s")) else f"{record['time_s']:.2f}s")
         rows.append(row)
@@ -177,6 +187,10 @@ def curve_table(curve: pd.DataFrame) -> dict:
                     "the method gives radii.")
     if quantiles:
         caption += " norm_qN: quantiles of all minimal norms the attack found."
+    if fooling:
+        caption += (" Fooling rate (Moosavi-Dezfooli et al. 2017): the share of all evaluated samples whose predicted "
+                    "label changes under the universal perturbation, whatever their true label; train: the same on "
+                    "the training images it was fitted on.")
     if members:
         caption += " Robust after a member: robust accuracy once the ensemble's members up to that one have run."
     return table(columns, rows, caption=caption)
