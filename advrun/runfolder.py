@@ -479,8 +479,10 @@ class SweepFolder:
         return self.path / name
 
     def summary_files(self) -> list[Path]:
-        return [self.file(self.SUMMARY_CSV), self.file(self.SUMMARY_BY_SEED), self.file(self.SUMMARY_MD),
-                self.file(self.REPORT)]
+        """The summary's files, the transfer matrix where the sweep has one."""
+        files = [self.file(self.SUMMARY_CSV), self.file(self.SUMMARY_BY_SEED), self.file(self.SUMMARY_MD),
+                 self.file(self.REPORT)]
+        return files + [self.file(self.TRANSFER)] if self.file(self.TRANSFER).is_file() else files
 
     def curves_files(self, formats: tuple[str, ...]) -> list[Path]:
         """The combined curves' figure, one file per format."""

@@ -243,6 +243,7 @@ def test_a_sweep_over_models_writes_the_transfer_matrix(tmp_path):
     for name in (folder.SUMMARY_MD, folder.REPORT):
         text = folder.file(name).read_text()
         assert "Transfer matrix" in text and "crafted on / evaluated on" in text and "model=logreg" in text
+    assert folder.file(folder.TRANSFER) in folder.summary_files()  # what advrun-report lists as written
 
     # jobs of different attacks make no matrix: the report says why, and no stale file stays
     config = sweep / jobs[1] / RunFolder.CONFIG
@@ -250,7 +251,7 @@ def test_a_sweep_over_models_writes_the_transfer_matrix(tmp_path):
     changed["attack"]["eps"] = 0.2
     config.write_text(yaml.safe_dump(changed))
     write_sweep_report(sweep)
-    assert not folder.file(folder.TRANSFER).exists()
+    assert not folder.file(folder.TRANSFER).exists() and folder.file(folder.TRANSFER) not in folder.summary_files()
     assert "No transfer matrix: the jobs differ in attack" in folder.file(folder.SUMMARY_MD).read_text()
     # without sweep.transfer (the default) there is none, and the report says nothing of it
     changed["sweep"]["transfer"] = False
