@@ -46,7 +46,7 @@ def test_metrics_record_the_run(make_cfg, tmp_path):
     metrics = experiment.run(make_cfg(*TINY, "attack.steps=2", "seed=0"), tmp_path)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["seed"] == 0 and saved["versions"]["torch"].startswith("2.14.1")
-    assert set(saved["timings"]) == {"setup_s", "train_s", "eval_s", "audit_s", "total_s", "curve"}
+    assert set(saved["timings"]) == {"setup_s", "train_s", "eval_s", "audit_s", "ood_s", "total_s", "curve"}
     assert saved["attack"] == "pgd" and saved["norm"] == "linf" and saved["eps"] == 0.1
     assert "git_commit" in saved and len(saved["curve"]) == len(pd.read_csv(tmp_path / "curve.csv"))
     headline = [row for row in saved["curve"] if row["eps"] == saved["eps"]][0]
