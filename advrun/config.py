@@ -13,7 +13,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from advrun.contract import import_problem
 from advrun.errors import (BUDGET, SEED, Check, ConfigError, InvalidValue, Number, Switch, check_fields, keyed,
                            require_non_negative, require_positive, shown)
 
@@ -53,6 +52,8 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
         unlocated = re.search(r"Error locating target '([^']*)'|Expected a callable target, got '<module '([^']*)'",
                               str(e))
         if unlocated:  # a _target_ that does not import (or names a module): say why, under its key
+            from advrun.contract import import_problem  # imports torch: not at the top (advrun --help needs none)
+
             target = unlocated.group(1) if unlocated.group(1) is not None else unlocated.group(2)
             raise ConfigError(_target_key(node, key, target), import_problem(target) or str(e).splitlines()[0]) \
                 from None
