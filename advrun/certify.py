@@ -48,8 +48,9 @@ the model's float32 weights:
   local ``E_r`` is read off torch's own ``sigma'``, and the Lipschitz form adds the jump.
 
 * **Gaussian-kernel machines** ``f_k(x) = sum_i alpha_ki exp(-gamma ||x - c_i||^2) + b_k``
-  (``model=kernel``, :class:`advrun.models.KernelMachine`): the RKHS argument of Hein &
-  Andriushchenko 2017 for kernel methods. The Gaussian kernel is an inner product of features,
+  (``model=kernel``, :class:`advrun.models.KernelMachine`): a bound in the kernel's feature space,
+  the route Hein & Andriushchenko 2017 take for kernel methods (derived here and checked in
+  tests/test_kernel.py, not copied from the paper). The Gaussian kernel is an inner product of features,
   ``k(x, z) = <Phi(x), Phi(z)>_H`` with ``||Phi(x)||_H = 1``, so ``||Phi(x) - Phi(z)||_H^2 = 2 - 2 k(x, z)``.
   With ``c = y``, ``g_j = f_c - f_j = <w_j, Phi(.)>_H + b_c - b_j`` with
   ``w_j = sum_i beta_i Phi(c_i)``, ``beta = alpha_c - alpha_j`` and ``||w_j||_H^2 = beta^T G beta``
